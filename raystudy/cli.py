@@ -1,0 +1,193 @@
+"""raystudy command line: validate | plan | run | status | report | collect."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import StudyError, StudyErrors
+
+EXIT_BAD_INPUT = 2
+
+
+def _print_error(e: StudyError) -> None:
+    errs = e.errors if isinstance(e, StudyErrors) else [e]
+    for err in errs:
+        print(f"error: {err.render()}", file=sys.stderr)
+
+
+def _load(args, file, expand=True):
+    from .spec import load_study
+    return load_study(file, smoke=getattr(args, "smoke", False), profile=getattr(args, "profile", None),
+                      sets=getattr(args, "set", None) or [], expand_trials=expand)
+
+
+def cmd_validate(args) -> int:
+    bad = 0
+    for f in args.files:
+        try:
+            study = _load(args, f)
+        except StudyError as e:
+            _print_error(e)
+            bad += 1
+            continue
+        print(f"ok: {f}: study '{study.name}', {len(study.trials)} trials")
+    return EXIT_BAD_INPUT if bad else 0
+
+
+def cmd_plan(args) -> int:
+    study = _load(args, args.file)
+    import pandas as pd
+    rows = [{"trial_id": t.trial_id, **t.params} for t in study.trials]
+    print(f"study '{study.name}': {len(study.trials)} trials")
+    if args.params:
+        from .data import DataInfo
+        from .models import build_model, count_parameters
+        from .spec.validate import validate_trial
+        counts: dict[str, int] = {}
+        for r, t in zip(rows, study.trials):
+            p = validate_trial(t.config, file=study.file)
+            key = repr((t.config["model"], t.config["data"]["dataset"]))
+            if key not in counts:
+                info = _info_for(t.config["data"]["dataset"])
+                counts[key] = count_parameters(build_model(p.model, info))
+            r["model.arch"] = t.config["model"]["arch"]
+            r["params"] = counts[key]
+    if rows:
+        df = pd.DataFrame(rows)
+        with pd.option_context("display.max_rows", args.max_rows, "display.width", 200,
+                               "display.max_columns", 50):
+            print(df.to_string(index=False, max_rows=args.max_rows))
+    return 0
+
+
+def _info_for(dataset: str):
+    from .data import CIFAR10_STATS, CIFAR100_STATS, MNIST_STATS, DataInfo
+    if dataset == "cifar10":
+        return DataInfo(3, 32, 32, 10, *CIFAR10_STATS)
+    if dataset == "cifar100":
+        return DataInfo(3, 32, 32, 100, *CIFAR100_STATS)
+    if dataset == "synthetic":
+        return DataInfo(1, 12, 12, 4, (0.5,), (0.25,))
+    return DataInfo(1, 28, 28, 10, *MNIST_STATS)
+
+
+def cmd_run(args) -> int:
+    study = _load(args, args.file)
+    from .runner import run_study
+    try:
+        summary = run_study(study, args.results, address=args.address, max_concurrent=args.max_concurrent,
+                            dashboard=not args.no_dashboard, retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished trials are saved in {Path(args.results) / study.name}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"raystudy: {summary.completed}/{summary.total} trials completed, {summary.failed} failed "
+          f"in {summary.wall_s:.1f}s; tables in {summary.out}")
+    for tid, reason in summary.failures:
+        print(f"  failed {tid}: {reason}")
+    if summary.failed:
+        print("  (re-run with --retry-failed to try failed trials again)")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from .results import PLAN, load_tables
+    out = Path(args.dir)
+    if not (out / PLAN).exists():
+        raise StudyError(f"no study results in '{out}'", path="DIR",
+                         hint="give a results folder such as results/quickstart")
+    plan = json.loads((out / PLAN).read_text())
+    trials, _ = load_tables(out)
+    total = len(plan["trials"])
+    ids = {t["trial_id"] for t in plan["trials"]}
+    st = trials[trials["trial_id"].isin(ids)] if len(trials) else trials
+    done = int((st["status"] == "completed").sum()) if len(st) else 0
+    failed = int((st["status"] == "error").sum()) if len(st) else 0
+    print(f"study '{plan['name']}': {total} trials: {done} completed, {failed} failed, "
+          f"{total - done - failed} pending or running")
+    if failed:
+        for _, r in st[st["status"] == "error"].iterrows():
+            print(f"  failed {r['trial_id']}: {r['error']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    try:
+        from analysis.report import build_report
+    except ImportError:
+        raise StudyError("the report builder is not installed", hint="pip install -e .") from None
+    path = build_report(Path(args.dir), out=Path(args.out) if args.out else None, png=not args.no_png)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_collect(args) -> int:
+    from .collect import collect
+    n = collect(Path(args.dir))
+    print(f"collected {n} trials into {args.dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raystudy", description="Run robustness studies from one YAML file.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def study_opts(sp):
+        sp.add_argument("--smoke", action="store_true", help="shrink the study to run in seconds")
+        sp.add_argument("--profile", help="apply a named profile of the study (e.g. cpu)")
+        sp.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a value (repeatable)")
+
+    sp = sub.add_parser("validate", help="check study files (exit 2 on errors)")
+    sp.add_argument("files", nargs="+")
+    study_opts(sp)
+    sp.set_defaults(fn=cmd_validate)
+
+    sp = sub.add_parser("plan", help="print the trials a study expands to")
+    sp.add_argument("file")
+    sp.add_argument("--max-rows", type=int, default=60)
+    sp.add_argument("--params", action="store_true", help="also count each model's parameters")
+    study_opts(sp)
+    sp.set_defaults(fn=cmd_plan)
+
+    sp = sub.add_parser("run", help="run a study (resumes if results exist)")
+    sp.add_argument("file")
+    study_opts(sp)
+    sp.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    sp.add_argument("--results", default=os.environ.get("RAYSTUDY_RESULTS", "results"))
+    sp.add_argument("--max-concurrent", type=int)
+    sp.add_argument("--no-dashboard", action="store_true")
+    sp.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("status", help="trials done / failed / pending of a results folder")
+    sp.add_argument("dir")
+    sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("report", help="render the study's charts to HTML and PNG")
+    sp.add_argument("dir")
+    sp.add_argument("--out")
+    sp.add_argument("--no-png", action="store_true")
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("collect", help="rebuild the tables from the Ray Tune experiment folders")
+    sp.add_argument("dir")
+    sp.set_defaults(fn=cmd_collect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except StudyError as e:
+        _print_error(e)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Run one trial end to end, without Ray: data -> model -> fit -> metrics.
+
+`trainable.py` wraps this for Ray Tune; tests and benchmarks call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .metrics.base import EvalContext
+from .models import build_model, count_parameters
+from .spec.validate import validate_trial
+from .train import fit
+
+
+class Reporter(Protocol):
+    def epoch(self, metrics: dict, get_state: Callable[[], dict]) -> None: ...
+    def final(self, metrics: dict) -> None: ...
+    def restore(self) -> dict | None: ...
+
+
+class NullReporter:
+    def __init__(self):
+        self.epochs: list[dict] = []
+        self.result: dict | None = None
+
+    def epoch(self, metrics, get_state):
+        self.epochs.append(metrics)
+
+    def final(self, metrics):
+        self.result = metrics
+
+    def restore(self):
+        return None
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if torch.is_tensor(v):
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> tuple[dict, list, dict]:
+    """Run every declared metric; returns (scalars, curve rows, seconds per metric)."""
+    ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
+                      batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed)
+    scalars: dict[str, Any] = {}
+    curves: list[dict] = []
+    timings: dict[str, float] = {}
+    for m in parsed.metrics:
+        t0 = time.perf_counter()
+        res = m.obj(ctx, m.options)
+        timings[f"time.{m.name}_s"] = time.perf_counter() - t0
+        scalars.update(res.scalars)
+        curves.extend(res.curves)
+    return scalars, curves, timings
+
+
+def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
+              artifacts: Path | None = None, init_state: dict | None = None,
+              on_model: Callable | None = None) -> dict:
+    """Train and evaluate one trial (`trial` as produced by spec.space.Trial.to_ray)."""
+    reporter = reporter or NullReporter()
+    t_start = time.perf_counter()
+    parsed = validate_trial(trial["config"])
+    cfg = parsed.cfg
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = bundle.to(device)
+    model = build_model(parsed.model, data.info).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    if on_model is not None:
+        on_model(model)
+    resume = reporter.restore()
+    t_train = time.perf_counter()
+    fs = fit(parsed, model, data, device, on_epoch=reporter.epoch, resume=resume)
+    train_s = time.perf_counter() - t_train
+    t_eval = time.perf_counter()
+    model.eval()
+    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts)
+    eval_s = time.perf_counter() - t_eval
+    final = {k: json_safe(v) for k, v in scalars.items()}
+    final.update(timings)
+    last = fs.history[-1] if fs.history else {}
+    final.update({
+        "final": True,
+        "epochs_run": fs.epoch,
+        "final_loss": json_safe(last.get("loss", float("nan"))),
+        "num_params": count_parameters(model),
+        "train_time_s": train_s,
+        "eval_time_s": eval_s,
+        "wall_time_s": time.perf_counter() - t_start,
+        "device": str(device),
+        "data_source": bundle.source,
+        # Curves travel with the final result so they reach the driver on any cluster.
+        "_curves": json.dumps([{k: json_safe(v) for k, v in r.items()} for r in curves]),
+    })
+    reporter.final(final)
+    return final
+
+
+def set_threads(cpus: float) -> None:
+    n = max(1, int(cpus))
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))

@@ -1,0 +1,80 @@
+"""One registry per extension kind (datasets, models, methods, metrics, attacks).
+
+A new model / method / metric is one small file that registers a callable together
+with a pydantic options class; the spec layer validates a study's options against
+that class, so typos are caught before Ray starts anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import unknown_name_error
+
+
+class Options(BaseModel):
+    """Base of every registry entry's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, arbitrary_types_allowed=True)
+
+
+@dataclass
+class Entry:
+    name: str
+    obj: Any
+    schema: type[Options]
+    doc: str = ""
+
+
+class Registry:
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._loader = loader
+        self._loaded = False
+
+    def register(self, name: str, schema: type[Options] = Options):
+        def deco(obj):
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' registered twice")
+            self._entries[name] = Entry(name, obj, schema, (obj.__doc__ or "").strip())
+            return obj
+        return deco
+
+    def _ensure_loaded(self) -> None:
+        # Entries live in their own modules; importing the package registers them.
+        if not self._loaded and self._loader is not None:
+            self._loaded = True
+            self._loader()
+
+    def get(self, name: str, path: str | None = None) -> Entry:
+        self._ensure_loaded()
+        if name not in self._entries:
+            raise unknown_name_error(self.kind, name, self._entries, path=path)
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
+        return name in self._entries
+
+
+def _load(module: str) -> Callable[[], None]:
+    def load() -> None:
+        import importlib
+        importlib.import_module(module)
+    return load
+
+
+DATASETS = Registry("dataset", _load("raystudy.data"))
+MODELS = Registry("model", _load("raystudy.models"))
+METHODS = Registry("training method", _load("raystudy.methods"))
+METRICS = Registry("metric", _load("raystudy.metrics"))
+OPTIMIZERS = Registry("optimizer", _load("raystudy.optim"))
+SCHEDULES = Registry("schedule", _load("raystudy.optim"))

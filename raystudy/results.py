@@ -1,0 +1,178 @@
+"""Trial results -> tidy parquet tables, written atomically as trials finish.
+
+results/<study>/
+  trials.parquet   one row per trial: trial_id, status, error, varied config paths
+                   (dotted column names), scalar metrics, timings
+  curves.parquet   long format: trial_id, metric, x, accuracy / consistency / ...
+  epochs.parquet   per-epoch training logs (loss, lr, augmentation, ε, ...)
+  study.json       the plan: every trial's id, params and resolved config
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIALS = "trials.parquet"
+CURVES = "curves.parquet"
+EPOCHS = "epochs.parquet"
+PLAN = "study.json"
+
+# Always-present config columns, so tables are readable without the plan.
+STANDARD_COLUMNS = ("model.arch", "train.method.name", "data.dataset", "seed")
+_SKIP = {"_curves", "config", "trial_id", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+         "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
+         "training_iteration", "date", "done", "final", "should_checkpoint"}
+
+
+def _cell(v: Any) -> Any:
+    """Parquet needs one type per column: lists/dicts become JSON text."""
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v, sort_keys=True)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def write_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def config_columns(trial: dict) -> dict[str, Any]:
+    from .spec.paths import get_path, has_path
+    cols = {k: _cell(v) for k, v in trial.get("params", {}).items()}
+    cfg = trial.get("config", {})
+    for c in STANDARD_COLUMNS:
+        if c not in cols and has_path(cfg, c):
+            cols[c] = _cell(get_path(cfg, c))
+    return cols
+
+
+def error_reason(text: str | None) -> str:
+    """One line from a Ray error trace: the last 'Type: message' line."""
+    if not text:
+        return "unknown error"
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head and (head.endswith("Error") or head.endswith("Exception") or head.endswith("Loss")
+                     or head.endswith("Interrupt")) and " " not in head:
+            return ln[:500]
+    return lines[-1][:500] if lines else "unknown error"
+
+
+class ResultStore:
+    """The study's tables; thread-safe, rewritten atomically after each change."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.lock = threading.Lock()
+        self.rows: dict[str, dict] = {}
+        self.curves: dict[str, list[dict]] = {}
+        self.epochs: dict[str, list[dict]] = {}
+        self._load()
+
+    def __getstate__(self):
+        # Ray pickles the Tuner (and its callbacks) into the experiment folder.
+        d = dict(self.__dict__)
+        d.pop("lock", None)
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self.lock = threading.Lock()
+
+    def _load(self) -> None:
+        p = self.out / TRIALS
+        if p.exists():
+            df = pd.read_parquet(p)
+            for r in df.to_dict("records"):
+                self.rows[r["trial_id"]] = {k: v for k, v in r.items() if not _isnan(v)}
+        p = self.out / CURVES
+        if p.exists():
+            for r in pd.read_parquet(p).to_dict("records"):
+                self.curves.setdefault(r["trial_id"], []).append(r)
+        p = self.out / EPOCHS
+        if p.exists():
+            for r in pd.read_parquet(p).to_dict("records"):
+                self.epochs.setdefault(r["trial_id"], []).append(r)
+
+    def status_of(self, trial_id: str) -> str | None:
+        r = self.rows.get(trial_id)
+        return r.get("status") if r else None
+
+    def record(self, trial: dict, status: str, result: dict | None = None, error: str | None = None,
+               epochs: list[dict] | None = None, extra: dict | None = None) -> None:
+        tid = trial["trial_id"]
+        row: dict[str, Any] = {"trial_id": tid, "status": status, "error": error}
+        row.update(config_columns(trial))
+        curves = []
+        if result:
+            for k, v in result.items():
+                if k in _SKIP or k.startswith("config/"):
+                    continue
+                row[k] = _cell(v)
+            if result.get("_curves"):
+                curves = json.loads(result["_curves"])
+        if extra:
+            row.update({k: _cell(v) for k, v in extra.items()})
+        with self.lock:
+            prev = self.rows.get(tid, {})
+            row["runs"] = int(prev.get("runs", 0) or 0) + 1
+            self.rows[tid] = row
+            if curves or status == "completed":
+                self.curves[tid] = [{"trial_id": tid, **c} for c in curves]
+            if epochs is not None:
+                self.epochs[tid] = [{"trial_id": tid, **{k: _cell(v) for k, v in e.items()
+                                                         if k not in _SKIP and not k.startswith("config/")}}
+                                    for e in epochs]
+            self.flush()
+
+    def flush(self) -> None:
+        rows = list(self.rows.values())
+        if rows:
+            write_atomic(pd.DataFrame(rows), self.out / TRIALS)
+        curves = [c for cs in self.curves.values() for c in cs]
+        write_atomic(pd.DataFrame(curves, columns=None if curves else ["trial_id", "metric", "x"]),
+                     self.out / CURVES)
+        epochs = [e for es in self.epochs.values() for e in es]
+        if epochs:
+            write_atomic(pd.DataFrame(epochs), self.out / EPOCHS)
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def load_tables(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, curves) of a results folder; empty frames if nothing finished yet."""
+    out = Path(results_dir)
+    trials = pd.read_parquet(out / TRIALS) if (out / TRIALS).exists() else pd.DataFrame(
+        columns=["trial_id", "status", "error"])
+    curves = pd.read_parquet(out / CURVES) if (out / CURVES).exists() else pd.DataFrame(
+        columns=["trial_id", "metric", "x"])
+    return trials, curves

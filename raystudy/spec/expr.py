@@ -1,0 +1,172 @@
+"""A tiny, safe expression evaluator for `expr` space entries.
+
+Study files are data: nothing in them is ever handed to Python's eval/exec. An
+expression is parsed with `ast` and only arithmetic, comparison, boolean and
+conditional nodes, literals, names of space entries / config paths and a short
+list of pure math functions are accepted.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from typing import Any, Mapping
+
+from ..errors import StudyError
+
+_BINOPS = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_CMP = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+# Pure numeric helpers; no attribute access, no builtins beyond these.
+FUNCTIONS = {
+    "min": min, "max": max, "abs": abs, "round": round, "int": int, "float": float,
+    "sqrt": math.sqrt, "log": math.log, "log2": math.log2, "exp": math.exp,
+}
+_MAX_POW = 64
+
+
+class ExprError(StudyError):
+    pass
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """`train.batch_size` parses as Attribute(Name); turn it back into a dotted name."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def names_in(source: str) -> set[str]:
+    """Dotted names an expression refers to (for ordering derived entries)."""
+    tree = _parse(source)
+    found: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            d = _dotted(node)
+            if d is not None:
+                if d not in FUNCTIONS:
+                    found.add(d)
+                return
+        if isinstance(node, ast.Call):
+            for a in node.args:
+                visit(a)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _parse(source: str) -> ast.Expression:
+    if not isinstance(source, str):
+        raise ExprError("an expr must be a string", expected="a string like \"0.1 * train.batch_size / 128\"")
+    if len(source) > 2000:
+        raise ExprError("expression is too long", expected="at most 2000 characters")
+    try:
+        return ast.parse(source, mode="eval")
+    except SyntaxError as e:
+        raise ExprError(f"cannot parse expression {source!r}: {e.msg}",
+                        expected="an arithmetic / comparison / conditional expression") from None
+
+
+def evaluate(source: str, env: Mapping[str, Any]) -> Any:
+    tree = _parse(source)
+    return _eval(tree.body, env, source)
+
+
+def _num(v, source):
+    if isinstance(v, bool) or isinstance(v, (int, float)):
+        return v
+    raise ExprError(f"arithmetic on a non-number ({type(v).__name__} {v!r}) in {source!r}",
+                    expected="numbers on both sides of an arithmetic operator")
+
+
+def _eval(node: ast.AST, env: Mapping[str, Any], source: str) -> Any:
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, (int, float, str, bool)) or node.value is None:
+            return node.value
+        raise ExprError(f"literal {node.value!r} not allowed in {source!r}")
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        name = _dotted(node)
+        if name is None:
+            raise ExprError(f"attribute access is not allowed in {source!r}",
+                            expected="names of space entries or config paths")
+        if name in env:
+            return env[name]
+        if name in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[name]
+        from ..errors import suggest
+        best = suggest(name, [k for k in env if not k.startswith("_")])
+        raise ExprError(f"unknown name '{name}' in {source!r}",
+                        expected="a space entry or a config path",
+                        hint=f"did you mean '{best}'?" if best else None)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left = _num(_eval(node.left, env, source), source)
+        right = _num(_eval(node.right, env, source), source)
+        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_POW:
+            raise ExprError(f"exponent {right} too large in {source!r}", expected=f"|exponent| <= {_MAX_POW}")
+        try:
+            return _BINOPS[type(node.op)](left, right)
+        except ZeroDivisionError:
+            raise ExprError(f"division by zero in {source!r}") from None
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        v = _eval(node.operand, env, source)
+        if not isinstance(node.op, ast.Not):
+            v = _num(v, source)
+        return _UNARY[type(node.op)](v)
+    if isinstance(node, ast.BoolOp):
+        vals = [_eval(v, env, source) for v in node.values]
+        if isinstance(node.op, ast.And):
+            out = True
+            for v in vals:
+                out = out and v
+            return out
+        out = False
+        for v in vals:
+            out = out or v
+        return out
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, env, source)
+        for op, comp in zip(node.ops, node.comparators):
+            if type(op) not in _CMP:
+                raise ExprError(f"comparison {type(op).__name__} not allowed in {source!r}")
+            right = _eval(comp, env, source)
+            try:
+                ok = _CMP[type(op)](left, right)
+            except TypeError:
+                raise ExprError(f"cannot compare {left!r} with {right!r} in {source!r}") from None
+            if not ok:
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.IfExp):
+        return _eval(node.body, env, source) if _eval(node.test, env, source) else _eval(node.orelse, env, source)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_eval(e, env, source) for e in node.elts]
+    if isinstance(node, ast.Call):
+        fname = node.func.id if isinstance(node.func, ast.Name) else None
+        if fname not in FUNCTIONS or node.keywords:
+            raise ExprError(f"function call not allowed in {source!r}",
+                            expected="only " + ", ".join(sorted(FUNCTIONS)))
+        args = [_num(_eval(a, env, source), source) for a in node.args]
+        try:
+            return FUNCTIONS[fname](*args)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ExprError(f"{fname}() failed in {source!r}: {e}") from None
+    raise ExprError(f"'{type(node).__name__}' is not allowed in {source!r}",
+                    expected="arithmetic, comparison, boolean and conditional expressions only")

@@ -1,0 +1,58 @@
+"""Dotted paths into nested dicts/lists (`train.optimizer.lr`, `evaluate.1.robustness.eps`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _key(container, part: str):
+    if isinstance(container, list):
+        return int(part)
+    return part
+
+
+def get_path(d: Any, path: str) -> Any:
+    cur = d
+    for part in path.split("."):
+        cur = cur[_key(cur, part)]
+    return cur
+
+
+def has_path(d: Any, path: str) -> bool:
+    try:
+        get_path(d, path)
+        return True
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+
+
+def set_path(d: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    cur: Any = d
+    for part in parts[:-1]:
+        k = _key(cur, part)
+        if isinstance(cur, dict) and (k not in cur or cur[k] is None):
+            cur[k] = {}
+        cur = cur[k]
+        if not isinstance(cur, (dict, list)):
+            raise TypeError(f"'{part}' holds a value, not a section")
+    last = parts[-1]
+    if isinstance(cur, list):
+        cur[int(last)] = value
+    else:
+        cur[last] = value
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {dotted path: leaf}; lists stay leaves."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            p = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, p))
+            else:
+                out[p] = v
+    else:
+        out[prefix] = d
+    return out

@@ -1,0 +1,148 @@
+"""The pydantic schema of a study file and of one resolved trial.
+
+Sections whose options depend on a registry entry (model, optimizer, schedule,
+method, metrics) are kept as plain dicts here and validated against the entry's
+own options class in `validate_trial`, so every error carries its dotted path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .types import Angle
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(Strict):
+    dataset: str = "mnist"
+    # Where torchvision-format files live; default: $RAYSTUDY_DATA or ./data.
+    root: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Subsample sizes (None = all). Smoke runs shrink these.
+    train_size: int | None = Field(None, ge=1)
+    test_size: int | None = Field(None, ge=1)
+    split_seed: int = 0
+    # mnist only: 'auto' uses torchvision files when present, else the embedded digits.
+    source: Literal["auto", "torchvision", "embedded"] = "auto"
+
+
+class AugmentSpec(Strict):
+    """Training-time augmentation, applied batched on the device.
+
+    rotation: uniform angle in [-θ, θ] degrees; translation: integer shift in
+    [-i, i] pixels on each axis; both nearest-neighbour with black fill (as in the
+    papers). crop: pad-and-crop by up to `crop` pixels; flip: random horizontal flip.
+    """
+
+    rotation: Angle = 0.0
+    translation: int = Field(0, ge=0)
+    crop: int = Field(0, ge=0)
+    flip: bool = False
+
+
+class StageSpec(Strict):
+    """One stage of a staged ('a -> b') training run."""
+
+    epochs: int = Field(ge=0)
+    method: dict[str, Any] | None = None
+    augment: AugmentSpec | None = None
+    optimizer: dict[str, Any] | None = None
+    schedule: dict[str, Any] | None = None
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "sgd", "lr": 0.05})
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant"})
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "natural"})
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    stages: list[StageSpec] | None = None
+    # Warm start from another trial's final checkpoint (a results folder + trial id or
+    # a config match); resolved by the runner.
+    init_from: dict[str, Any] | None = None
+    eval_batch_size: int = Field(500, ge=1)
+    checkpoint_every: int = Field(1, ge=0)
+    # Stop a trial whose loss becomes NaN/inf instead of wasting its GPU time.
+    fail_on_nonfinite: bool = True
+    # Performance knobs (see benchmarks/): bf16 autocast, channels_last, torch.compile.
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @field_validator("optimizer", "schedule", "method")
+    @classmethod
+    def _named(cls, v):
+        if "name" not in v:
+            raise ValueError("needs a 'name' key")
+        return v
+
+
+class ResourcesSpec(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v):
+        if v > 1 and v != int(v):
+            raise ValueError(f"a GPU fraction above 1 ({v}) is not allowed: use a fraction <= 1 or a whole number")
+        return v
+
+
+class TuneSpec(Strict):
+    num_samples: int = Field(1, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    retries: int = Field(0, ge=0)
+    # Seed for sampling random space entries, so a re-run proposes the same trials.
+    seed: int = 0
+
+
+class TrialConfig(Strict):
+    """Everything one trial needs; the unit that is hashed, validated and shipped to Ray."""
+
+    seed: int = 0
+    device: str = "auto"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: dict[str, Any]
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluate: list[Any] = Field(default_factory=lambda: ["accuracy"])
+
+    @field_validator("model")
+    @classmethod
+    def _arch(cls, v):
+        if "arch" not in v:
+            raise ValueError("needs an 'arch' key")
+        return v
+
+
+TRIAL_KEYS = set(TrialConfig.model_fields)
+
+
+class StudySpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: dict[str, Any]
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluate: list[Any] = Field(default_factory=lambda: ["accuracy"])
+    space: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tune: TuneSpec = Field(default_factory=TuneSpec)
+    report: list[dict[str, Any]] = Field(default_factory=list)
+    # Overrides (dotted paths into this document) applied by `--smoke` / `--profile NAME`.
+    smoke: dict[str, Any] = Field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Study-level steps that run after all trials (e.g. transfer attacks).
+    after: list[Any] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _space_keys(self):
+        return self

@@ -1,0 +1,245 @@
+"""Search-space expansion: the study's `space:` -> a list of fully resolved trials.
+
+Operators (one key per entry):
+  grid: [..]                 every value (cartesian product with other grids)
+  choice: [..]               one value drawn per sample
+  uniform: [lo, hi]          float drawn per sample
+  loguniform: [lo, hi]       float drawn log-uniformly per sample
+  randint: [lo, hi]          integer in [lo, hi) drawn per sample
+  expr: "..."                derived from other entries / config paths (safe evaluator)
+  zip: {path: [..], ...}     several paths varying together, one grid axis
+  anything else              a constant
+
+Keys that start with a trial section (seed, data, model, train, evaluate, device) are
+paths into the trial config; any other key (e.g. `lr_rule`) is a free variable that
+exprs can use and that lands in the result tables. Random draws use a generator seeded
+by `tune.seed` and the sample index, so a re-run proposes exactly the same trials
+(which is what makes resuming by trial id work).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import StudyError
+from . import expr as expr_mod
+from .paths import flatten, set_path
+from .schema import TRIAL_KEYS
+
+OPERATORS = ("grid", "choice", "uniform", "loguniform", "randint", "expr", "zip")
+_SAMPLED = ("choice", "uniform", "loguniform", "randint")
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    params: dict[str, Any]          # varied values by space key (what the tables show)
+    config: dict[str, Any]          # the resolved TrialConfig as a plain dict
+    index: int = 0
+    free: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params.items())
+
+    def to_ray(self) -> dict:
+        return {"trial_id": self.trial_id, "params": self.params, "config": self.config}
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def trial_hash(config: dict, free: dict) -> str:
+    """A trial's identity: its resolved config (plus free variables). Order-free."""
+    return hashlib.sha1(canonical({"config": config, "free": free}).encode()).hexdigest()[:10]
+
+
+def _is_path(key: str) -> bool:
+    return key.split(".")[0] in TRIAL_KEYS
+
+
+def _operator(key: str, entry: Any, file: str) -> tuple[str, Any]:
+    if isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in OPERATORS:
+        op, arg = next(iter(entry.items()))
+        return op, arg
+    if isinstance(entry, dict) and any(k in OPERATORS for k in entry):
+        raise StudyError("a space entry takes exactly one operator", file=file, path=f"space.{key}",
+                         expected="one of " + ", ".join(OPERATORS))
+    return "const", entry
+
+
+def _check(key: str, op: str, arg: Any, file: str) -> None:
+    path = f"space.{key}.{op}"
+    if op in ("grid", "choice"):
+        if not isinstance(arg, list):
+            raise StudyError(f"'{op}' needs a list", file=file, path=path, expected="a YAML list like [1, 2]")
+        if not arg:
+            raise StudyError(f"empty '{op}'", file=file, path=path, expected="at least one value",
+                             hint="give a value or remove the entry")
+    elif op in ("uniform", "loguniform", "randint"):
+        ok = isinstance(arg, list) and len(arg) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)
+        if not ok:
+            raise StudyError(f"'{op}' needs [low, high]", file=file, path=path, expected="two numbers")
+        lo, hi = arg
+        if not lo < hi:
+            raise StudyError(f"'{op}' needs low < high (got {lo}, {hi})", file=file, path=path)
+        if op == "loguniform" and lo <= 0:
+            raise StudyError("'loguniform' needs low > 0", file=file, path=path)
+        if op == "randint" and not (float(lo).is_integer() and float(hi).is_integer()):
+            raise StudyError("'randint' needs integer bounds", file=file, path=path)
+    elif op == "zip":
+        if not isinstance(arg, dict) or not arg:
+            raise StudyError("'zip' needs a mapping of paths to equally long lists", file=file, path=path,
+                             expected="{train.method.theta: [120, 150], train.method.eps: [2/255, 4/255]}")
+        lengths = set()
+        for p, vals in arg.items():
+            if not isinstance(vals, list) or not vals:
+                raise StudyError("each zipped path needs a non-empty list", file=file, path=f"{path}.{p}")
+            lengths.add(len(vals))
+        if len(lengths) != 1:
+            raise StudyError(f"zipped lists differ in length ({sorted(lengths)})", file=file, path=path,
+                             expected="lists of the same length")
+    elif op == "expr":
+        expr_mod._parse(arg)  # syntax errors early
+
+
+def _draw(op: str, arg: Any, rng: random.Random) -> Any:
+    if op == "choice":
+        return copy.deepcopy(rng.choice(arg))
+    lo, hi = arg
+    if op == "uniform":
+        return rng.uniform(lo, hi)
+    if op == "loguniform":
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    if op == "randint":
+        return rng.randrange(int(lo), int(hi))
+    raise AssertionError(op)
+
+
+def _order_exprs(exprs: dict[str, str], file: str) -> list[str]:
+    """Derived entries may use each other: evaluate in dependency order."""
+    deps = {k: {n for n in expr_mod.names_in(v) if n in exprs} for k, v in exprs.items()}
+    order: list[str] = []
+    todo = dict(deps)
+    while todo:
+        ready = [k for k, d in todo.items() if d <= set(order)]
+        if not ready:
+            raise StudyError("expressions refer to each other in a cycle: " + ", ".join(todo),
+                             file=file, path="space")
+        for k in ready:
+            order.append(k)
+            del todo[k]
+    return order
+
+
+def _plain(v: Any) -> Any:
+    # Expression results like 0.1 * 3 should not carry float noise into the trial id.
+    if isinstance(v, float):
+        return float(f"{v:.12g}")
+    return v
+
+
+def expand(study) -> list[Trial]:
+    """Expand `study.spec.space` over `study.base_config()` into trials."""
+    file = study.file
+    spec = study.spec
+    base = study.base_config()
+    grids: list[tuple[str, list]] = []       # (key, values) axes; zip values are dicts
+    sampled: dict[str, tuple[str, Any]] = {}
+    consts: dict[str, Any] = {}
+    exprs: dict[str, str] = {}
+    for key, entry in (spec.space or {}).items():
+        key = str(key)
+        if not _is_path(key) and not key.replace("_", "a").isalnum():
+            raise StudyError(f"free variable '{key}' must be a plain identifier", file=file, path=f"space.{key}",
+                             hint="paths into the config start with seed/data/model/train/evaluate")
+        op, arg = _operator(key, entry, file)
+        _check(key, op, arg, file)
+        if op == "grid":
+            grids.append((key, arg))
+        elif op == "zip":
+            n = len(next(iter(arg.values())))
+            grids.append((key, [{p: arg[p][i] for p in arg} | {"__index__": i} for i in range(n)]))
+        elif op in _SAMPLED:
+            sampled[key] = (op, arg)
+        elif op == "expr":
+            exprs[key] = arg
+        else:
+            consts[key] = arg
+    expr_order = _order_exprs(exprs, file)
+    base_flat = flatten(base)
+    keys = [k for k, _ in grids]
+    combos = list(itertools.product(*[v for _, v in grids])) if grids else [()]
+    trials: list[Trial] = []
+    rng_master = spec.tune.seed
+    idx = 0
+    for sample in range(spec.tune.num_samples):
+        for combo in combos:
+            rng = random.Random(f"{rng_master}:{sample}:{idx}")
+            values: dict[str, Any] = dict(consts)
+            for k, v in zip(keys, combo):
+                values[k] = v
+            for k, (op, arg) in sampled.items():
+                values[k] = _draw(op, arg, rng)
+            # Build the environment for expressions: base config, then varied values.
+            env = dict(base_flat)
+            for k, v in values.items():
+                if isinstance(v, dict) and "__index__" in v:
+                    env[k] = v["__index__"]
+                    env.update({p: pv for p, pv in v.items() if p != "__index__"})
+                else:
+                    env[k] = v
+            for k in expr_order:
+                try:
+                    values[k] = _plain(expr_mod.evaluate(exprs[k], env))
+                except StudyError as e:
+                    raise e.located(file=file, prefix=f"space.{k}.expr") from None
+                env[k] = values[k]
+            config = copy.deepcopy(base)
+            params: dict[str, Any] = {}
+            free: dict[str, Any] = {}
+            for k, v in values.items():
+                if isinstance(v, dict) and "__index__" in v:
+                    params[k] = v["__index__"]
+                    free[k] = v["__index__"]
+                    for p, pv in v.items():
+                        if p == "__index__":
+                            continue
+                        params[p] = pv
+                        _set(config, p, pv, file, k)
+                elif _is_path(k):
+                    params[k] = v
+                    _set(config, k, v, file, k)
+                else:
+                    params[k] = v
+                    free[k] = v
+            # Constants are part of every trial; show only what varies in params.
+            for k in consts:
+                if k in params and not isinstance(consts[k], dict):
+                    params.pop(k)
+            tid = trial_hash(config, free)
+            trials.append(Trial(trial_id=tid, params=params, config=config, index=idx, free=free))
+            idx += 1
+    # Two identical trials (e.g. an expr that collapses two grid values) run once.
+    unique: dict[str, Trial] = {}
+    for t in trials:
+        unique.setdefault(t.trial_id, t)
+    return list(unique.values())
+
+
+def _set(config: dict, path: str, value: Any, file: str, key: str) -> None:
+    if not _is_path(path):
+        raise StudyError(f"'{path}' is not a config path", file=file, path=f"space.{key}",
+                         expected="a path starting with " + "/".join(sorted(TRIAL_KEYS)))
+    try:
+        set_path(config, path, copy.deepcopy(value))
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise StudyError(f"cannot set '{path}' ({e})", file=file, path=f"space.{key}") from None

@@ -1,0 +1,141 @@
+"""Validate one resolved trial config against the schema and every registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import StudyError, StudyErrors
+from ..registry import DATASETS, METHODS, METRICS, MODELS, OPTIMIZERS, SCHEDULES, Registry
+from .schema import AugmentSpec, TrialConfig
+
+
+@dataclass
+class Named:
+    """A registry entry chosen by name, with its validated options."""
+
+    name: str
+    options: Any
+    entry: Any = None
+
+    @property
+    def obj(self):
+        return self.entry.obj
+
+
+@dataclass
+class Stage:
+    epochs: int
+    method: Named
+    augment: AugmentSpec
+    optimizer: Named
+    schedule: Named
+    index: int = 0
+
+
+@dataclass
+class ParsedTrial:
+    cfg: TrialConfig
+    model: Named
+    stages: list[Stage]
+    metrics: list[Named] = field(default_factory=list)
+
+    @property
+    def optimizer(self) -> Named:
+        return self.stages[0].optimizer
+
+    @property
+    def method(self) -> Named:
+        return self.stages[0].method
+
+
+def _named(reg: Registry, d: dict, path: str, key: str, file: str | None) -> Named:
+    d = dict(d)
+    name = d.pop(key, None)
+    if not isinstance(name, str):
+        raise StudyError(f"needs a '{key}' naming a {reg.kind}", file=file, path=path,
+                         expected="one of: " + ", ".join(reg.names()))
+    try:
+        entry = reg.get(name, path=f"{path}.{key}")
+    except StudyError as e:
+        raise e.located(file=file) from None
+    try:
+        opts = entry.schema.model_validate(d)
+    except ValidationError as e:
+        from .load import pydantic_errors
+        errs = pydantic_errors(e, entry.schema, file=file, prefix=path)
+        raise (errs[0] if len(errs) == 1 else StudyErrors(errs)) from None
+    return Named(name, opts, entry)
+
+
+def metric_items(evaluate: list[Any], file: str | None = None) -> list[tuple[str, dict, str]]:
+    """`- accuracy` / `- robustness: {...}` -> (name, options, path)."""
+    items = []
+    for i, item in enumerate(evaluate):
+        path = f"evaluate.{i}"
+        if isinstance(item, str):
+            items.append((item, {}, path))
+        elif isinstance(item, dict) and len(item) == 1:
+            name, opts = next(iter(item.items()))
+            if opts is None:
+                opts = {}
+            if not isinstance(opts, dict):
+                raise StudyError(f"options of metric '{name}' must be a mapping", file=file,
+                                 path=f"{path}.{name}", expected="e.g. {attack: pgd, eps: [0, 0.1]}")
+            items.append((str(name), opts, f"{path}.{name}"))
+        else:
+            raise StudyError("each evaluate item is a metric name or {name: {options}}", file=file,
+                             path=path, expected="e.g. '- accuracy' or '- robustness: {attack: pgd}'")
+    return items
+
+
+def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
+    try:
+        cfg = TrialConfig.model_validate(config)
+    except ValidationError as e:
+        from .load import pydantic_errors
+        errs = pydantic_errors(e, TrialConfig, file=file)
+        raise (errs[0] if len(errs) == 1 else StudyErrors(errs)) from None
+    errors: list[StudyError] = []
+
+    def attempt(fn, *a):
+        try:
+            return fn(*a)
+        except StudyErrors as e:
+            errors.extend(e.errors)
+        except StudyError as e:
+            errors.append(e)
+        return None
+
+    if cfg.data.dataset not in DATASETS:
+        attempt(DATASETS.get, cfg.data.dataset, "data.dataset")
+    model = attempt(_named, MODELS, cfg.model, "model", "arch", file)
+    stages: list[Stage] = []
+    t = cfg.train
+    if t.stages:
+        for i, st in enumerate(t.stages):
+            p = f"train.stages.{i}"
+            m = attempt(_named, METHODS, st.method or t.method, f"{p}.method" if st.method else "train.method", "name", file)
+            o = attempt(_named, OPTIMIZERS, st.optimizer or t.optimizer,
+                        f"{p}.optimizer" if st.optimizer else "train.optimizer", "name", file)
+            s = attempt(_named, SCHEDULES, st.schedule or t.schedule,
+                        f"{p}.schedule" if st.schedule else "train.schedule", "name", file)
+            stages.append(Stage(st.epochs, m, st.augment or t.augment, o, s, i))
+    else:
+        m = attempt(_named, METHODS, t.method, "train.method", "name", file)
+        o = attempt(_named, OPTIMIZERS, t.optimizer, "train.optimizer", "name", file)
+        s = attempt(_named, SCHEDULES, t.schedule, "train.schedule", "name", file)
+        stages.append(Stage(t.epochs, m, t.augment, o, s, 0))
+    metrics: list[Named] = []
+    items = attempt(metric_items, cfg.evaluate, file) or []
+    for name, opts, path in items:
+        n = attempt(_named, METRICS, {"name": name, **opts}, path, "name", file)
+        if n is not None:
+            metrics.append(n)
+    if errors:
+        # Entry errors are located relative to the trial; add the file.
+        errors = [e if e.file else e.located(file=file) for e in errors]
+        raise errors[0] if len(errors) == 1 else StudyErrors(errors)
+    return ParsedTrial(cfg=cfg, model=model, stages=stages, metrics=metrics)
