@@ -165,6 +165,15 @@ def _cifar(spec, n: int) -> DataBundle:
             folder = Path(self.root) / self.base_folder
             return all((folder / f).exists() for f, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:
+            import pickle
+            path = Path(self.root) / self.base_folder / self.meta["filename"]
+            if not path.exists():
+                raise RuntimeError(f"{path} not found")
+            with open(path, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
     try:
         tr = _Local(str(root), train=True, download=False)
         te = _Local(str(root), train=False, download=False)

@@ -1,0 +1,251 @@
+"""Adversarial attacks by name: torchattacks wrappers plus a batched DeepFool.
+
+Every attack takes a model on plain NCHW inputs in [0, 1] (models normalize inside)
+and returns adversarial inputs in [0, 1] on the same device. Two families:
+
+* budget attacks (`fgsm`, `pgd`, `pgd_l2`, `autoattack`) take an ε and return a
+  perturbation of norm at most ε;
+* minimal-perturbation attacks (`deepfool`, `deepfool_batched`, `cw`) take no ε
+  and return the smallest perturbation they find; one run gives accuracy at every ε
+  (an input survives ε when its perturbation is larger than ε or it was not fooled).
+
+`deepfool_batched` is our own L2 DeepFool (Moosavi-Dezfooli et al., CVPR 2016) over a
+whole batch at once: torchattacks' DeepFool loops over single images, which is far
+too slow for the thousands of inputs behind the spatial-vs-adversarial paper's
+average distance to the decision boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import unknown_name_error
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    name: str
+    norm: str                 # "Linf" or "L2": the norm ε is measured in
+    budget: bool              # True: takes ε; False: minimal-perturbation attack
+    params: tuple[str, ...]   # hyperparameters a study may set for it
+    doc: str
+
+
+ATTACKS: dict[str, AttackInfo] = {a.name: a for a in [
+    AttackInfo("fgsm", "Linf", True, (), "FGSM, one signed-gradient step (Goodfellow et al.)"),
+    AttackInfo("pgd", "Linf", True, ("steps", "alpha", "random_start", "restarts"),
+               "L∞ PGD (Madry et al.)"),
+    AttackInfo("pgd_l2", "L2", True, ("steps", "alpha", "random_start", "restarts"), "L2 PGD"),
+    AttackInfo("autoattack", "Linf", True, ("version", "norm"),
+               "AutoAttack ensemble (Croce & Hein); slow on a CPU (Square runs 5000 queries)"),
+    AttackInfo("deepfool", "L2", False, ("steps", "overshoot"),
+               "torchattacks' per-image L2 DeepFool (reference, slow)"),
+    AttackInfo("deepfool_batched", "L2", False, ("steps", "overshoot", "candidates"),
+               "our batched L2 DeepFool"),
+    AttackInfo("cw", "L2", False, ("steps", "c", "kappa", "lr"), "Carlini-Wagner L2"),
+]}
+
+# Defaults where a study leaves a hyperparameter out. PGD's step size follows Madry
+# et al.'s rule 2.5·ε/steps when not given.
+DEFAULTS: dict[str, Any] = {
+    "steps": None, "alpha": None, "random_start": True, "restarts": 1, "overshoot": 0.02,
+    "candidates": 10, "c": 1.0, "kappa": 0.0, "lr": 0.01, "version": "standard", "norm": "Linf",
+}
+_DEFAULT_STEPS = {"pgd": 10, "pgd_l2": 10, "deepfool": 50, "deepfool_batched": 50, "cw": 50}
+
+
+def get_attack(name: str, path: str | None = None) -> AttackInfo:
+    if name not in ATTACKS:
+        raise unknown_name_error("attack", name, ATTACKS, path=path)
+    return ATTACKS[name]
+
+
+@contextlib.contextmanager
+def input_grad_only(model: nn.Module):
+    """Attacks need gradients w.r.t. inputs only. Freezing parameters skips their
+    gradients (faster), leaves `.grad` of a trained model untouched, and avoids escnn's
+    error on a second parameter-gradient backward in eval mode (see PITFALLS)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Random starts come from torch's global RNG inside torchattacks: fork it, so two
+    models get the same starts and the caller's RNG stream is left as it was."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+# ------------------------------------------------------------------ batched DeepFool
+
+@dataclass
+class DeepFoolResult:
+    adv: torch.Tensor       # (N, C, H, W) adversarial inputs, clamped to [0, 1]
+    fooled: torch.Tensor    # (N,) bool: prediction differs from `labels` at `adv`
+    labels: torch.Tensor    # (N,) the class each input was pushed away from
+    steps: torch.Tensor     # (N,) linearization steps used
+
+
+def _deepfool_chunk(model, x0, k0, steps, overshoot, candidates, clamp):
+    n = x0.shape[0]
+    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
+    r_tot = torch.zeros_like(x0)
+    x_adv = x0.clone()
+    fooled = torch.zeros(n, dtype=torch.bool, device=x0.device)
+    used = torch.zeros(n, dtype=torch.long, device=x0.device)
+    cand = None
+    for step in range(steps + 1):
+        active = (~fooled).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        xa = x_adv[active].detach().requires_grad_(True)
+        logits = model(xa)
+        if cand is None:
+            # The original DeepFool only linearizes the top classes (10 by default):
+            # the label first, then the highest other logits of the clean input.
+            others = logits.detach().scatter(1, k0[:, None], float("-inf"))
+            c = min(candidates, logits.shape[1]) - 1
+            cand = torch.cat([k0[:, None], others.topk(c, dim=1).indices], 1)
+        now = logits.argmax(1) != k0[active]
+        fooled[active[now]] = True
+        if step == steps or bool(now.all()):
+            break
+        keep = ~now
+        ca = cand[active]
+        # One backward per candidate class gives every image's gradient of that logit
+        # at once (images do not interact in eval mode).
+        grads = []
+        for j in range(ca.shape[1]):
+            g, = torch.autograd.grad(logits.gather(1, ca[:, j:j + 1]).sum(), xa,
+                                     retain_graph=j < ca.shape[1] - 1)
+            grads.append(flat(g))
+        grads = torch.stack(grads, 1)[keep]                          # (m, K, D)
+        f = logits.detach().gather(1, ca)[keep]                       # (m, K)
+        w = grads[:, 1:] - grads[:, :1]
+        fp = (f[:, 1:] - f[:, :1]).abs()
+        wn = w.norm(dim=2).clamp_min(1e-12)
+        best = (fp / wn).argmin(1)
+        idx = torch.arange(best.shape[0], device=x0.device)
+        r = (fp[idx, best] / wn[idx, best] ** 2)[:, None] * w[idx, best]
+        rows = active[keep]
+        r_tot[rows] += r.reshape(-1, *x0.shape[1:])
+        used[rows] += 1
+        # Overshoot scales the accumulated step, as in the original algorithm
+        # (torchattacks re-applies it at every step).
+        nxt = x0[rows] + (1 + overshoot) * r_tot[rows]
+        x_adv[rows] = nxt.clamp(0, 1) if clamp else nxt
+    return x_adv.detach(), fooled, used
+
+
+def deepfool_batched(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *,
+                     steps: int = 50, overshoot: float = 0.02, candidates: int = 10,
+                     batch_size: int = 500, clamp: bool = True) -> DeepFoolResult:
+    """L2 DeepFool on a whole batch (Moosavi-Dezfooli et al., 2016).
+
+    At each step every not-yet-fooled image moves to the nearest linearized decision
+    boundary among its candidate classes; the perturbation is (1 + overshoot) times
+    the accumulated step. `labels` defaults to the model's own predictions (the
+    distance to its decision boundary); inputs already not predicted as their label
+    count as fooled with a zero perturbation, as in torchattacks.
+    """
+    advs, fooled, used, ks = [], [], [], []
+    with input_grad_only(model):
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].detach()
+            if labels is None:
+                with torch.no_grad():
+                    kb = model(xb).argmax(1)
+            else:
+                kb = labels[i:i + batch_size]
+            a, f, u = _deepfool_chunk(model, xb, kb, steps, overshoot, candidates, clamp)
+            advs.append(a)
+            fooled.append(f)
+            used.append(u)
+            ks.append(kb)
+    if not advs:
+        e = torch.empty(0, dtype=torch.long, device=x.device)
+        return DeepFoolResult(x.clone(), e.bool(), e, e)
+    return DeepFoolResult(torch.cat(advs), torch.cat(fooled), torch.cat(ks), torch.cat(used))
+
+
+# ----------------------------------------------------------------- torchattacks wrappers
+
+def _torchattack(model: nn.Module, name: str, eps: float | None, hp: dict, n_classes: int, seed: int):
+    import torchattacks as ta
+    steps = hp.get("steps") or _DEFAULT_STEPS.get(name)
+    if name == "fgsm":
+        return ta.FGSM(model, eps=eps)
+    if name in ("pgd", "pgd_l2"):
+        alpha = hp.get("alpha")
+        alpha = 2.5 * eps / steps if alpha is None else alpha
+        cls = ta.PGD if name == "pgd" else ta.PGDL2
+        return cls(model, eps=eps, alpha=alpha, steps=steps, random_start=hp["random_start"])
+    if name == "autoattack":
+        return ta.AutoAttack(model, norm=hp["norm"], eps=eps, version=hp["version"],
+                             n_classes=n_classes, seed=seed)
+    if name == "deepfool":
+        return ta.DeepFool(model, steps=steps, overshoot=hp["overshoot"])
+    if name == "cw":
+        return ta.CW(model, c=hp["c"], kappa=hp["kappa"], steps=steps, lr=hp["lr"])
+    raise KeyError(name)
+
+
+def attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, eps: float | None = None,
+           *, batch_size: int = 500, seed: int = 0, **hp) -> torch.Tensor:
+    """Adversarial versions of `x` (labels `y`) under attack `name`, batched, on x's device.
+
+    `eps` is required for budget attacks and ignored by minimal ones. With
+    `restarts > 1` (PGD) an input keeps the first restart that fools it.
+    """
+    info = get_attack(name)
+    if info.budget and eps is None:
+        raise ValueError(f"attack '{name}' needs eps")
+    unknown = set(hp) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown attack options {sorted(unknown)}")
+    hp = {**DEFAULTS, **{k: v for k, v in hp.items() if v is not None}}
+    if name == "deepfool_batched":
+        return deepfool_batched(model, x, y, steps=hp["steps"] or _DEFAULT_STEPS[name],
+                                overshoot=hp["overshoot"], candidates=hp["candidates"],
+                                batch_size=batch_size).adv
+    out = []
+    with input_grad_only(model), seeded(seed, x.device):
+        n_classes = None
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            if n_classes is None:
+                with torch.no_grad():
+                    n_classes = model(xb[:1]).shape[1]
+            atk = _torchattack(model, name, eps, hp, n_classes, seed)
+            adv = atk(xb, yb)
+            for _ in range(1, hp["restarts"] if info.budget else 1):
+                with torch.no_grad():
+                    left = (model(adv).argmax(1) == yb).nonzero().squeeze(1)
+                if left.numel() == 0:
+                    break
+                adv[left] = atk(xb[left], yb[left])
+            out.append(adv.detach())
+    return torch.cat(out) if out else x.clone()
+
+
+def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.reshape(delta.shape[0], -1)
+    return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
+

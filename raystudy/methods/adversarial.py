@@ -1,0 +1,174 @@
+"""Adversarial training: PGD-AT (Madry et al., 2018), FGSM-AT (Goodfellow et al., 2015) and
+adversarially augmented training (a clean/adversarial mixture per batch, Kurakin et al., 2017;
+the "adversarially augmented training" baseline of Roth et al., SGR).
+
+The attacks here are the training-time ones: batched, on the device, generated in eval mode
+on the current weights (the model's mode is restored after), gradients taken with respect to
+the input only so no parameter gradient leaks into the optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..registry import METHODS, Options
+from ..spec.types import Eps, Number
+from .base import Method, TrainState
+
+Labels = Literal["true", "predicted"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode (fixed BatchNorm statistics, no dropout) while attacking; mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def predicted_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's most likely labels: attacking them instead of the true ones avoids label
+    leaking (Kurakin et al., 2017; the SGR paper's adversarially augmented training)."""
+    with eval_mode(model):
+        return model(x).argmax(1)
+
+
+def attack_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, labels: str) -> torch.Tensor:
+    return predicted_labels(model, x) if labels == "predicted" else y
+
+
+def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇ₓ Σₙ CE(f(xₙ), yₙ): per-example input gradients of one batch, no parameter grads."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        return torch.autograd.grad(loss, x)[0].detach()
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """x + ε·sign(∇ₓℓ), clipped to [0, 1] (Goodfellow et al., 2015). Eval mode, detached."""
+    if eps == 0:
+        return x.detach()
+    with eval_mode(model):
+        g = input_grad(model, x, y)
+    return (x.detach() + eps * g.sign()).clamp_(0.0, 1.0)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+        random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ℓ∞ PGD of Madry et al.: optional uniform random start in the ε-ball, `steps` signed
+    gradient steps, each followed by projection onto the ε-ball ∩ [0, 1]. Eval mode, detached."""
+    x = x.detach()
+    if eps == 0 or steps == 0:
+        return x
+    with eval_mode(model):
+        if random_start:
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_adv = (x + (2 * noise - 1) * eps).clamp_(0.0, 1.0)
+        else:
+            x_adv = x.clone()
+        for _ in range(steps):
+            g = input_grad(model, x_adv, y)
+            x_adv = x_adv + step_size * g.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+    return x_adv.detach()
+
+
+class PGDOptions(Options):
+    """Madry et al.'s MNIST setting by default: ε 0.3, 40 steps of 0.01, random start."""
+
+    eps: Eps = 0.3
+    step_size: Number = Field(0.01, gt=0)
+    steps: int = Field(40, ge=1)
+    random_start: bool = True
+    labels: Labels = "true"
+
+
+class FGSMOptions(Options):
+    eps: Eps = 0.3
+    labels: Labels = "true"
+
+
+class MixedOptions(Options):
+    """`fraction` of each batch is replaced by adversarial examples (Kurakin et al. use 0.5);
+    `steps`, `step_size` and `random_start` apply to attack: pgd."""
+
+    attack: Literal["fgsm", "pgd"] = "fgsm"
+    fraction: float = Field(0.5, ge=0.0, le=1.0)
+    eps: Eps = 0.3
+    step_size: Number = Field(0.01, gt=0)
+    steps: int = Field(40, ge=1)
+    random_start: bool = True
+    # The SGR paper attacks the predicted labels during adversarially augmented training.
+    labels: Labels = "predicted"
+
+
+def _ce_logs(logits: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, dict]:
+    loss = F.cross_entropy(logits, y)
+    return loss, {name: (logits.argmax(1) == y).float().mean().detach()}
+
+
+@METHODS.register("pgd_at", PGDOptions)
+class PGDAT(Method):
+    """PGD adversarial training (Madry et al., "Towards Deep Learning Models Resistant to
+    Adversarial Attacks", 2018): minimize CE on the PGD adversarial example of each input."""
+
+    def eps(self, state: TrainState | None = None) -> float:
+        return self.options.eps
+
+    def loss(self, model, x, y, state):
+        o = self.options
+        eps = self.eps(state)
+        x_adv = pgd(model, x, attack_labels(model, x, y, o.labels), eps, o.step_size, o.steps,
+                    o.random_start, state.generator)
+        return _ce_logs(model(x_adv), y, "train_adv_acc")
+
+    def epoch_log(self):
+        return {"method.eps": float(self.eps())}
+
+
+@METHODS.register("fgsm_at", FGSMOptions)
+class FGSMAT(Method):
+    """FGSM adversarial training (Goodfellow et al., "Explaining and Harnessing Adversarial
+    Examples", 2015): minimize CE on x + ε·sign(∇ₓℓ)."""
+
+    def loss(self, model, x, y, state):
+        o = self.options
+        x_adv = fgsm(model, x, attack_labels(model, x, y, o.labels), o.eps)
+        return _ce_logs(model(x_adv), y, "train_adv_acc")
+
+    def epoch_log(self):
+        return {"method.eps": float(self.options.eps)}
+
+
+@METHODS.register("mixed", MixedOptions)
+class Mixed(Method):
+    """Adversarially augmented training (Kurakin et al., 2017; Roth et al., SGR, Sec. 4.1 (iii)):
+    a fixed fraction of every batch is replaced by its adversarial examples, the rest stays clean,
+    and CE is averaged over the whole mixed batch."""
+
+    def loss(self, model, x, y, state):
+        o = self.options
+        k = int(round(o.fraction * x.shape[0]))
+        if k == 0:
+            return _ce_logs(model(x), y, "train_acc")
+        xa, ya = x[:k], attack_labels(model, x[:k], y[:k], o.labels)
+        if o.attack == "pgd":
+            adv = pgd(model, xa, ya, o.eps, o.step_size, o.steps, o.random_start, state.generator)
+        else:
+            adv = fgsm(model, xa, ya, o.eps)
+        # The loop shuffles every epoch, so taking the batch head picks a random subset.
+        return _ce_logs(model(torch.cat([adv, x[k:]])), y, "train_acc")
+
+    def epoch_log(self):
+        return {"method.eps": float(self.options.eps), "method.fraction": float(self.options.fraction)}

@@ -1,0 +1,153 @@
+"""Robustness profiles: accuracy and consistency under an attack, per ε.
+
+The robustness profile of the invariance-vs-robustness and spatial-vs-adversarial
+papers (Kamath et al.): for each ε, the accuracy Pr(f(x + A(x)) = y) and the
+consistency 1 − fooling rate, Pr(f(x + A(x)) = f(x)), measured against the model's
+own clean predictions (the papers plot the latter so that every curve starts at 1;
+their supplementary Fig. 7 shows both). The CuSP table's adversarial accuracy is the
+scalar `robustness.<name>.acc@8/255` (or at any declared ε, see `acc_at`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..attacks import ATTACKS, DEFAULTS, attack, get_attack, perturbation_norm
+from ..errors import StudyError
+from ..registry import METRICS, Options
+from ..spec.types import Number
+from .base import EvalContext, MetricResult, evaluation_mode, predict
+
+
+def eps_label(e: float) -> str:
+    """Readable ε for a scalar's name: '0.3', '8/255', else 4 significant digits."""
+    if abs(round(e, 3) - e) < 1e-12:
+        return f"{round(e, 3):g}"
+    k = e * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{int(round(k))}/255"
+    return f"{e:.4g}"
+
+
+def normalized_auc(xs: list[float], ys: list[float]) -> float:
+    """Trapezoidal area under ys(xs) divided by the x range (the mean height);
+    a single point gives its own value."""
+    pts = sorted(zip(xs, ys))
+    if len(pts) == 1 or pts[-1][0] == pts[0][0]:
+        return float(pts[0][1])
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pts, pts[1:]))
+    return float(area / (pts[-1][0] - pts[0][0]))
+
+
+class RobustnessOptions(Options):
+    """Options of `robustness`. ε is in pixel units of inputs in [0, 1] ('8/255' works);
+    for L2 attacks it is an L2 radius. Attack hyperparameters left out take the
+    defaults in raystudy.attacks (PGD: 10 steps of 2.5·ε/steps, random start)."""
+
+    attack: str = "pgd"
+    eps: list[Number] = Field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
+                              min_length=1)
+    # Scalars `acc@<ε>`; these ε are evaluated too. Default: the CuSP table's 8/255.
+    acc_at: list[Number] | None = None
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
+    split: Literal["train", "val", "test"] = "test"
+    n: int | None = Field(1000, ge=1)
+    seed: int = 0
+    batch_size: int | None = Field(None, ge=1)
+    # Attack hyperparameters (each applies to some attacks only; see attacks.ATTACKS).
+    steps: int | None = Field(None, ge=1)
+    alpha: Number | None = Field(None, gt=0)
+    random_start: bool | None = None
+    restarts: int | None = Field(None, ge=1)
+    overshoot: float | None = Field(None, ge=0)
+    candidates: int | None = Field(None, ge=2)
+    c: float | None = Field(None, gt=0)
+    kappa: float | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+    version: Literal["standard", "plus", "rand"] | None = None
+    norm: Literal["Linf", "L2"] | None = None
+
+    @field_validator("attack")
+    @classmethod
+    def _known(cls, v):
+        try:
+            get_attack(v)
+        except StudyError as e:
+            raise ValueError(e.raw + (f" ({e.hint})" if e.hint else "")
+                             + "; one of: " + ", ".join(sorted(ATTACKS))) from None
+        return v
+
+    @model_validator(mode="after")
+    def _fits_attack(self):
+        info = ATTACKS[self.attack]
+        hp = [k for k in DEFAULTS if k in self.model_fields_set and getattr(self, k) is not None]
+        wrong = [k for k in hp if k not in info.params]
+        if wrong:
+            ok = ", ".join(info.params) or "none"
+            raise ValueError(f"option(s) {', '.join(wrong)} do not apply to attack '{self.attack}' "
+                             f"(its options: {ok})")
+        norm = self.norm or info.norm
+        for e in list(self.eps) + list(self.acc_at or []):
+            if e < 0 or (norm == "Linf" and e > 1):
+                raise ValueError(f"ε {e} is outside {'[0, 1]' if norm == 'Linf' else '[0, ∞)'} for the "
+                                 f"{norm} attack '{self.attack}' (pixel units: write 8/255 for 8/255)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.attack
+
+
+@METRICS.register("robustness", RobustnessOptions)
+def robustness(ctx: EvalContext, o: RobustnessOptions) -> MetricResult:
+    """Robustness profile (Kamath et al., invariance vs robustness; CuSP Sec. 4):
+    per ε, accuracy and consistency (1 − fooling rate vs clean predictions) on a fixed
+    seeded subset. Budget attacks run once per ε; minimal-perturbation attacks
+    (DeepFool, CW) run once and an input is broken at ε when its perturbation's norm
+    is at most ε. Scalars: `auc` (mean accuracy over the ε range), `consistency_auc`,
+    `acc@<ε>`."""
+    info = ATTACKS[o.attack]
+    norm = o.norm or info.norm
+    acc_at = [8 / 255] if o.acc_at is None else list(o.acc_at)
+    if o.acc_at is None and norm == "L2":
+        acc_at = []  # 8/255 is an L∞ budget; L2 studies declare their own
+    epss = sorted({float(e) for e in list(o.eps) + acc_at})
+    hp = {k: getattr(o, k) for k in DEFAULTS if getattr(o, k) is not None}
+    bs = o.batch_size or ctx.batch_size
+    res = MetricResult()
+    key = f"robustness.{o.label}"
+    with evaluation_mode(ctx.model) as model:
+        x, y = ctx.subset(o.split, o.n, o.seed)
+        if len(x) == 0:
+            return res
+        clean = predict(model, x, bs)
+        rows = {}
+        if info.budget:
+            for e in epss:
+                if e == 0:
+                    # A zero budget leaves every input unchanged; skip the attack's cost.
+                    pred = clean
+                else:
+                    adv = attack(model, o.attack, x, y, e, batch_size=bs, seed=o.seed, **hp)
+                    pred = predict(model, adv, bs)
+                rows[e] = ((pred == y).float().mean().item(), (pred == clean).float().mean().item())
+        else:
+            adv = attack(model, o.attack, x, y, batch_size=bs, seed=o.seed, **hp)
+            pred = predict(model, adv, bs)
+            size = perturbation_norm(adv - x, norm)
+            for e in epss:
+                within = size <= e
+                acc = ((clean == y) & ~(within & (pred != y))).float().mean().item()
+                con = (~(within & (pred != clean))).float().mean().item()
+                rows[e] = (acc, con)
+    for e in epss:
+        acc, con = rows[e]
+        res.curves.append({"metric": key, "x": e, "accuracy": acc, "consistency": con})
+    declared = sorted({float(v) for v in o.eps})
+    res.scalars[f"{key}.auc"] = normalized_auc(declared, [rows[e][0] for e in declared])
+    res.scalars[f"{key}.consistency_auc"] = normalized_auc(declared, [rows[e][1] for e in declared])
+    for e in acc_at:
+        res.scalars[f"{key}.acc@{eps_label(float(e))}"] = rows[float(e)][0]
+    return res
