@@ -100,13 +100,15 @@ class Tables:
         dup = [c for c in right.columns if c in self.epochs.columns and c != "trial_id"]
         return self.epochs.drop(columns=dup).merge(right, on="trial_id", how="inner")
 
-    def values(self, refs: list[str], *, completed_only: bool = True) -> pd.DataFrame:
-        """Trials with one column per value reference (see the module docstring)."""
+    def values(self, refs: list[str], *, completed_only: bool = True,
+               paths: list[str] | None = None) -> pd.DataFrame:
+        """Trials with one column per value reference (see the module docstring);
+        `paths` (one per ref) locate errors, e.g. report.2.y."""
         df = self.completed if completed_only else self.trials
         df = df.copy()
-        for ref in refs:
+        for ref, path in zip(refs, paths or refs):
             if ref not in df.columns:
-                df[ref] = resolve(self, ref).reindex(df["trial_id"]).to_numpy()
+                df[ref] = resolve(self, ref, path=path).reindex(df["trial_id"]).to_numpy()
         return df
 
 
@@ -127,15 +129,16 @@ def split_ref(ref: str) -> tuple[str, float | None, str]:
     return metric, parse_x(xtxt), col or "accuracy"
 
 
-def resolve(tables: Tables, ref: str) -> pd.Series:
+def resolve(tables: Tables, ref: str, path: str | None = None) -> pd.Series:
     """One value per trial_id for a value reference; a clear error if it names nothing."""
+    path = path or ref
     metric, x, col = split_ref(ref)
     if x is None:
         if ref in tables.trials.columns:
             return pd.to_numeric(tables.trials.set_index("trial_id")[ref], errors="coerce")
         known = tables.metric_columns + [f"{m}@<x>" for m in sorted(curve_metrics(tables))]
         best = suggest(ref, known)
-        raise StudyError(f"no column '{ref}' in trials.parquet", path=ref,
+        raise StudyError(f"no column '{ref}' in trials.parquet", path=path,
                          expected="one of: " + ", ".join(known[:40]) if known else "a metric column",
                          hint=f"did you mean '{best}'?" if best else "has any trial that measures it finished?")
     cur = tables.curves
@@ -143,18 +146,18 @@ def resolve(tables: Tables, ref: str) -> pd.Series:
     if rows.empty:
         known = sorted(curve_metrics(tables))
         best = suggest(metric, known)
-        raise StudyError(f"no curve '{metric}' in curves.parquet", path=ref,
+        raise StudyError(f"no curve '{metric}' in curves.parquet", path=path,
                          expected="one of: " + ", ".join(known) if known else "a curve metric",
                          hint=f"did you mean '{best}'?" if best else "has any trial that measures it finished?")
     if col not in rows.columns:
         vals = [c for c in rows.columns if c not in ("trial_id", "metric", "x")]
-        raise StudyError(f"curve '{metric}' has no value column '{col}'", path=ref,
+        raise StudyError(f"curve '{metric}' has no value column '{col}'", path=path,
                          expected="one of: " + ", ".join(vals))
     xs = pd.to_numeric(rows["x"], errors="coerce").to_numpy(dtype=float)
     hit = rows[np.isclose(xs, x, rtol=1e-4, atol=1e-9)]
     if hit.empty:
         have = ", ".join(f"{v:g}" for v in sorted(set(xs[~np.isnan(xs)]))[:20])
-        raise StudyError(f"curve '{metric}' has no point at x = {x:g}", path=ref, expected=f"one of: {have}")
+        raise StudyError(f"curve '{metric}' has no point at x = {x:g}", path=path, expected=f"one of: {have}")
     return pd.to_numeric(hit.groupby("trial_id")[col].mean(), errors="coerce")
 
 
@@ -172,13 +175,19 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
                          hint="rebuild the tables with `raystudy collect DIR`") from None
 
 
+def short_name(path: str) -> str:
+    """train.augment.rotation -> rotation; train.method.name -> method (a 'name' says nothing)."""
+    parts = path.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
 def _label(row: pd.Series, keys: list[str]) -> str:
     parts = []
     for k in keys:
         v = row.get(k)
         if v is None or (isinstance(v, float) and math.isnan(v)):
             continue
-        parts.append(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}")
+        parts.append(f"{short_name(k)}={v:g}" if isinstance(v, float) else f"{short_name(k)}={v}")
     return ", ".join(parts) or "all"
 
 

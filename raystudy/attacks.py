@@ -139,12 +139,19 @@ def _deepfool_chunk(model, x0, k0, steps, overshoot, candidates, clamp):
         grads = torch.stack(grads, 1)[keep]                          # (m, K, D)
         f = logits.detach().gather(1, ca)[keep]                       # (m, K)
         w = grads[:, 1:] - grads[:, :1]
+        rows = active[keep]
+        if clamp:
+            # Pixels at 0 or 1 cannot move further out of the image: drop those
+            # components, so the step heads for the nearest boundary point the box
+            # allows. Without this, clamping undoes most of each step on MNIST's black
+            # background and DeepFool stalls.
+            cur = flat(x_adv[rows])[:, None, :]
+            w = w.masked_fill(((cur <= 0) & (w < 0)) | ((cur >= 1) & (w > 0)), 0.0)
         fp = (f[:, 1:] - f[:, :1]).abs()
         wn = w.norm(dim=2).clamp_min(1e-12)
         best = (fp / wn).argmin(1)
         idx = torch.arange(best.shape[0], device=x0.device)
         r = (fp[idx, best] / wn[idx, best] ** 2)[:, None] * w[idx, best]
-        rows = active[keep]
         r_tot[rows] += r.reshape(-1, *x0.shape[1:])
         used[rows] += 1
         # Overshoot scales the accumulated step, as in the original algorithm

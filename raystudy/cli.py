@@ -76,13 +76,22 @@ def _info_for(dataset: str):
 
 def cmd_run(args) -> int:
     study = _load(args, args.file)
-    from .runner import run_study
+    from .runner import StudyInterrupted, run_study
+    out = Path(args.results) / study.name
     try:
         summary = run_study(study, args.results, address=args.address, max_concurrent=args.max_concurrent,
-                            dashboard=not args.no_dashboard, retry_failed=args.retry_failed)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished trials are saved in {Path(args.results) / study.name}; "
-              f"run the same command again to resume", file=sys.stderr)
+                            dashboard=not args.no_dashboard, retry_failed=args.retry_failed,
+                            force_new=args.force_new)
+    except KeyboardInterrupt as e:
+        s = getattr(e, "summary", None)
+        done = f"{s.completed}/{s.total} trials completed" if s else "finished trials are kept"
+        import shlex
+        again = [a for a in (getattr(args, "argv", None) or ["run", args.file]) if a != "--force-new"]
+        resume = shlex.join(["raystudy", *again])
+        print(f"\ninterrupted: {done}; results in {out}.\n"
+              f"resume with the same command: {resume}\n"
+              f"(completed trials are skipped; unfinished ones continue from their last checkpoint)",
+              file=sys.stderr)
         return 130
     print(f"raystudy: {summary.completed}/{summary.total} trials completed, {summary.failed} failed "
           f"in {summary.wall_s:.1f}s; tables in {summary.out}")
@@ -101,7 +110,11 @@ def cmd_status(args) -> int:
     if not (out / PLAN).exists():
         raise StudyError(f"no study results in '{out}'", path="DIR",
                          hint="give a results folder such as results/quickstart")
-    plan = json.loads((out / PLAN).read_text())
+    try:
+        plan = json.loads((out / PLAN).read_text())
+    except (OSError, ValueError) as e:
+        raise StudyError(f"cannot read {out / PLAN} ({e})", path="DIR",
+                         hint=f"rebuild the tables with `raystudy collect {out}`") from None
     trials, _ = load_tables(out)
     total = len(plan["trials"])
     ids = {t["trial_id"] for t in plan["trials"]}
@@ -162,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-concurrent", type=int)
     sp.add_argument("--no-dashboard", action="store_true")
     sp.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    sp.add_argument("--force-new", action="store_true",
+                    help="start a fresh results folder (the old one is moved to <study>.old-<time>)")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("status", help="trials done / failed / pending of a results folder")
@@ -181,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.fn(args) or 0
     except StudyError as e:

@@ -71,6 +71,44 @@ def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> t
     return scalars, curves, timings
 
 
+def at_epochs_hook(parsed, model, data, device, on_epoch: Callable, *,
+                   artifacts: Path | None = None) -> tuple[Callable, list[dict]]:
+    """Wrap fit's epoch callback so metrics with an `at_epochs: [..]` option (e.g. hessian)
+    are also taken after those epochs, as Yao et al. track the spectrum during training.
+
+    Each scalar `k` becomes a curve row {metric: "k@epoch", x: epoch, value, epoch}, each of
+    the metric's own curve rows gets "@epoch" appended to its metric name and an `epoch`
+    column; the scalars also ride on that epoch's report (epochs.parquet). The model's mode
+    is restored before training goes on. Rows live in memory: after a worker restart the
+    earlier epochs' rows are only in epochs.parquet.
+    """
+    timed = [m for m in parsed.metrics if getattr(m.options, "at_epochs", None)]
+    rows: list[dict] = []
+    if not timed:
+        return on_epoch, rows
+    ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
+                      batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed)
+
+    def hooked(metrics: dict, get_state: Callable) -> None:
+        e = metrics["epoch"]
+        for m in timed:
+            if e not in m.options.at_epochs:
+                continue
+            was = model.training
+            t0 = time.perf_counter()
+            try:
+                res = m.obj(ctx, m.options)
+            finally:
+                model.train(was)
+            metrics[f"time.{m.name}@epoch_s"] = time.perf_counter() - t0
+            metrics.update(res.scalars)
+            rows.extend({"metric": f"{k}@epoch", "x": e, "value": v, "epoch": e} for k, v in res.scalars.items())
+            rows.extend({**r, "metric": f"{r['metric']}@epoch", "epoch": e} for r in res.curves)
+        on_epoch(metrics, get_state)
+
+    return hooked, rows
+
+
 def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
               artifacts: Path | None = None, init_state: dict | None = None,
               on_model: Callable | None = None) -> dict:
@@ -83,17 +121,22 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     torch.manual_seed(cfg.seed)
     data = bundle.to(device)
     model = build_model(parsed.model, data.info).to(device)
+    if init_state is None and cfg.train.init_from is not None:
+        from .warmstart import load_init_state
+        init_state = load_init_state(cfg.train.init_from, model)
     if init_state is not None:
         model.load_state_dict(init_state)
     if on_model is not None:
         on_model(model)
     resume = reporter.restore()
     t_train = time.perf_counter()
-    fs = fit(parsed, model, data, device, on_epoch=reporter.epoch, resume=resume)
+    on_epoch, epoch_curves = at_epochs_hook(parsed, model, data, device, reporter.epoch, artifacts=artifacts)
+    fs = fit(parsed, model, data, device, on_epoch=on_epoch, resume=resume)
     train_s = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     model.eval()
     scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts)
+    curves = epoch_curves + curves
     eval_s = time.perf_counter() - t_eval
     final = {k: json_safe(v) for k, v in scalars.items()}
     final.update(timings)

@@ -1,8 +1,11 @@
 """Trial results -> tidy parquet tables, written atomically as trials finish.
 
 results/<study>/
-  trials.parquet   one row per trial: trial_id, status, error, varied config paths
-                   (dotted column names), scalar metrics, timings
+  trials.parquet   one row per trial: trial_id, status ('completed' | 'error'), error (one
+                   line), checkpoint (absolute path of the final checkpoint folder holding
+                   model.pt: warm starts and transfer attacks load it), runs (times the trial
+                   was recorded; a re-run study skips completed trials so it stays 1),
+                   varied config paths (dotted column names), scalar metrics, timings
   curves.parquet   long format: trial_id, metric, x, accuracy / consistency / ...
   epochs.parquet   per-epoch training logs (loss, lr, augmentation, ε, ...)
   study.json       the plan: every trial's id, params and resolved config
@@ -29,7 +32,8 @@ PLAN = "study.json"
 STANDARD_COLUMNS = ("model.arch", "train.method.name", "data.dataset", "seed")
 _SKIP = {"_curves", "config", "trial_id", "timestamp", "time_this_iter_s", "time_total_s", "pid",
          "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
-         "training_iteration", "date", "done", "final", "should_checkpoint"}
+         "training_iteration", "date", "done", "final", "should_checkpoint", "experiment_tag",
+         "_history", "_failed"}
 
 
 def _cell(v: Any) -> Any:
@@ -57,9 +61,14 @@ def write_atomic(df: pd.DataFrame, path: Path) -> None:
 def write_json_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def config_columns(trial: dict) -> dict[str, Any]:
@@ -81,8 +90,14 @@ def error_reason(text: str | None) -> str:
         head = ln.split(":", 1)[0]
         if head and (head.endswith("Error") or head.endswith("Exception") or head.endswith("Loss")
                      or head.endswith("Interrupt")) and " " not in head:
-            return ln[:500]
-    return lines[-1][:500] if lines else "unknown error"
+            return _with_hint(ln[:500])
+    return _with_hint(lines[-1][:500]) if lines else "unknown error"
+
+
+def _with_hint(line: str) -> str:
+    if "OutOfMemoryError" in line or "out of memory" in line.lower():
+        return line + " (lower train.batch_size / train.eval_batch_size or give the trial more of a GPU)"
+    return line
 
 
 class ResultStore:
@@ -95,6 +110,14 @@ class ResultStore:
         self.curves: dict[str, list[dict]] = {}
         self.epochs: dict[str, list[dict]] = {}
         self._load()
+
+    @classmethod
+    def empty(cls, out: Path) -> "ResultStore":
+        """A store that ignores the tables on disk (for rebuilding them: `raystudy collect`)."""
+        self = cls.__new__(cls)
+        self.out, self.lock = Path(out), threading.Lock()
+        self.rows, self.curves, self.epochs = {}, {}, {}
+        return self
 
     def __getstate__(self):
         # Ray pickles the Tuner (and its callbacks) into the experiment folder.
@@ -126,9 +149,11 @@ class ResultStore:
         return r.get("status") if r else None
 
     def record(self, trial: dict, status: str, result: dict | None = None, error: str | None = None,
-               epochs: list[dict] | None = None, extra: dict | None = None) -> None:
+               epochs: list[dict] | None = None, extra: dict | None = None,
+               checkpoint: str | None = None, runs: int | None = None, flush: bool = True) -> None:
+        """One trial's row (replacing any earlier one); `runs` counts how often it was recorded."""
         tid = trial["trial_id"]
-        row: dict[str, Any] = {"trial_id": tid, "status": status, "error": error}
+        row: dict[str, Any] = {"trial_id": tid, "status": status, "error": error, "checkpoint": checkpoint}
         row.update(config_columns(trial))
         curves = []
         if result:
@@ -138,11 +163,15 @@ class ResultStore:
                 row[k] = _cell(v)
             if result.get("_curves"):
                 curves = json.loads(result["_curves"])
+            if result.get("_history"):
+                # The trainable's own history survives restarts (restored from checkpoints),
+                # so it beats the epoch results this driver happened to see.
+                epochs = json.loads(result["_history"])
         if extra:
             row.update({k: _cell(v) for k, v in extra.items()})
         with self.lock:
             prev = self.rows.get(tid, {})
-            row["runs"] = int(prev.get("runs", 0) or 0) + 1
+            row["runs"] = runs if runs is not None else int(prev.get("runs", 0) or 0) + 1
             self.rows[tid] = row
             if curves or status == "completed":
                 self.curves[tid] = [{"trial_id": tid, **c} for c in curves]
@@ -150,7 +179,8 @@ class ResultStore:
                 self.epochs[tid] = [{"trial_id": tid, **{k: _cell(v) for k, v in e.items()
                                                          if k not in _SKIP and not k.startswith("config/")}}
                                     for e in epochs]
-            self.flush()
+            if flush:
+                self.flush()
 
     def flush(self) -> None:
         rows = list(self.rows.values())

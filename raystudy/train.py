@@ -135,6 +135,8 @@ def fit(parsed, model: nn.Module, data, device: torch.device, *,
                 "stage": si,
                 "loss": mean_loss,
                 "lr": lr,
+                # Events a curriculum reacts to, so its steps can be read off the tables.
+                "lr_milestone": milestones,
                 "val_accuracy": quick_accuracy(model, data.x_val, data.y_val),
                 "augment.rotation": float(state.augment.rotation),
                 "augment.translation": float(state.augment.translation),

@@ -2,36 +2,128 @@
 
 Each epoch reports its metrics (and, every `checkpoint_every` epochs, a checkpoint
 with model, optimizer, schedule, method and RNG state) so a trial whose worker dies
-resumes where it was. The final report carries every metric and the final weights.
+resumes where it was. A trial interrupted in an earlier `raystudy run` resumes from
+the checkpoint the runner found for it (`trial["resume_from"]`). The final report
+carries every metric, the full epoch history and the final weights (model.pt).
+
+A diverged trial (NaN/inf loss) is deterministic: retrying it from its last checkpoint
+would diverge again, so it ends with a final report marked `_failed` instead of an
+exception, and the retry budget (`tune.retries`) stays for real crashes.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
 
 import torch
 from ray import tune
 
-from .execute import run_trial, set_threads
+from .execute import json_safe, run_trial, set_threads
 from .spec.space import canonical
+from .train import NonFiniteLoss
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
+FAULT_ENV = "RAYSTUDY_FAULT"
+FAULT_KINDS = ("kill", "raise", "oom", "nan", "driver-sigint", "driver-sigkill")
 
 
 def data_key(data_cfg: dict) -> str:
     return canonical(data_cfg)
 
 
+def load_state(path: str | Path) -> dict:
+    # weights_only: a checkpoint is data, never code (safety: nothing from disk executes).
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------ test-only faults
+
+def parse_faults(text: str | None) -> list[dict]:
+    """RAYSTUDY_FAULT (test only): comma-separated `KIND@EPOCH[:KEY=VALUE]`.
+
+    kill@2         the worker SIGKILLs itself after training epoch 2, before reporting it
+    raise@1        a RuntimeError after epoch 1
+    oom@1          a torch.OutOfMemoryError after epoch 1
+    nan@1          a NonFiniteLoss after epoch 1 (a diverged trial)
+    driver-sigint@2, driver-sigkill@2
+                   the driver (runner.py) signals itself when a trial reports epoch 2,
+                   once another trial has completed in this run (Ctrl-C / a crash)
+    ...:seed=1     only in trials whose varied params have seed == 1
+
+    Every fault fires only on a trial's first attempt (no checkpoint restored), so a
+    retry or a later `raystudy run` shows whether the trial recovers.
+    """
+    out = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        head, _, cond = part.partition(":")
+        kind, _, epoch = head.partition("@")
+        if kind not in FAULT_KINDS or not epoch.isdigit():
+            raise ValueError(f"{FAULT_ENV}: cannot read {part!r} (expected KIND@EPOCH[:KEY=VALUE], "
+                             f"KIND one of {', '.join(FAULT_KINDS)})")
+        f = {"kind": kind, "epoch": int(epoch)}
+        if cond:
+            k, _, v = cond.partition("=")
+            f["where"] = (k, v)
+        out.append(f)
+    return out
+
+
+def _faults_for(trial: dict) -> list[dict]:
+    faults = []
+    for f in trial.get("faults") or []:
+        if "where" in f:
+            k, v = f["where"]
+            if str(trial.get("params", {}).get(k)) != v:
+                continue
+        faults.append(f)
+    return faults
+
+
+def _fire(fault: dict, epoch: int) -> None:
+    kind = fault["kind"]
+    if kind == "kill":
+        # SIGKILL: no Python cleanup, no last report, exactly like a lost worker.
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "raise":
+        raise RuntimeError(f"injected fault after epoch {epoch}")
+    if kind == "oom":
+        raise torch.OutOfMemoryError(f"injected out-of-memory after epoch {epoch}")
+    if kind == "nan":
+        raise NonFiniteLoss(f"loss became nan in epoch {epoch} (injected)")
+
+
+# ------------------------------------------------------------------------ reporter
+
 class TuneReporter:
-    def __init__(self, checkpoint_every: int, epochs_total: int):
+    """execute.Reporter for Ray Tune: per-epoch results, checkpoints, restore."""
+
+    def __init__(self, checkpoint_every: int, epochs_total: int, resume_from: str | None = None,
+                 faults: list[dict] | None = None):
         self.every = checkpoint_every
         self.total = epochs_total
+        self.resume_from = resume_from
+        self.faults = faults or []
+        self.history: list[dict] = []
+        self.resumed_from_epoch = 0
+        self.restored = False
+        self.model = None
 
     def epoch(self, metrics: dict, get_state) -> None:
         e = metrics["epoch"]
+        self.history.append(dict(metrics))
+        if not self.restored:
+            for f in self.faults:
+                if f["epoch"] == e:
+                    _fire(f, e)
         if self.every and (e % self.every == 0 or e == self.total):
             with tempfile.TemporaryDirectory() as d:
                 torch.save(get_state(), os.path.join(d, STATE_FILE))
@@ -39,46 +131,72 @@ class TuneReporter:
         else:
             tune.report(metrics)
 
-    def final(self, metrics: dict, model_state: dict | None = None) -> None:
-        if model_state is None:
+    def _extras(self) -> dict:
+        return {"resumed_from_epoch": self.resumed_from_epoch,
+                "_history": json.dumps([{k: json_safe(v) for k, v in h.items()} for h in self.history])}
+
+    def final(self, metrics: dict) -> None:
+        metrics = {**metrics, **self._extras()}
+        if self.model is None:
             tune.report(metrics)
             return
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         with tempfile.TemporaryDirectory() as d:
-            torch.save(model_state, os.path.join(d, MODEL_FILE))
+            torch.save(state, os.path.join(d, MODEL_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
+    def failed(self, reason: str) -> None:
+        last = self.history[-1] if self.history else {}
+        tune.report({"final": True, "_failed": reason, "epochs_run": last.get("epoch", self.resumed_from_epoch),
+                     **self._extras()})
+
     def restore(self) -> dict | None:
+        state = None
         ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            path = Path(d) / STATE_FILE
-            if not path.exists():
-                return None
-            # weights_only: a checkpoint is data, never code (see PITFALLS / safety).
-            return torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt is not None:
+            # A retry inside this experiment (the worker died): Tune hands back the last one.
+            with ckpt.as_directory() as d:
+                path = Path(d) / STATE_FILE
+                if path.exists():
+                    state = load_state(path)
+        elif self.resume_from:
+            # A trial interrupted in an earlier `raystudy run` (Ctrl-C, driver crash).
+            try:
+                state = load_state(Path(self.resume_from) / STATE_FILE)
+            except Exception as e:  # noqa: BLE001 - a torn checkpoint costs a restart, not the trial
+                print(f"raystudy: cannot read checkpoint {self.resume_from} ({e}); starting the trial afresh",
+                      flush=True)
+                state = None
+        if state is not None:
+            self.restored = True
+            fit = state.get("fit", {})
+            self.resumed_from_epoch = int(fit.get("epoch", 0))
+            self.history = [dict(h) for h in fit.get("history", [])]
+        return state
 
 
-class _FinalWithModel(TuneReporter):
-    """Keeps a handle on the model so the final report can carry its weights."""
-
-    model = None
-
-    def final(self, metrics):
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.model is not None else None
-        super().final(metrics, state)
+def _quiet_worker_logs() -> None:
+    # Ray Train logs 'Checkpoint successfully created at: ...' at INFO for every epoch;
+    # warnings and errors still reach the console.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
 def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> None:
+    _quiet_worker_logs()
     trial = config["trial"]
     set_threads(cpus)
     bundle = bundles[data_key(trial["config"].get("data", {}))]
     train_cfg = trial["config"].get("train", {})
     stages = train_cfg.get("stages")
     epochs = sum(s["epochs"] for s in stages) if stages else train_cfg.get("epochs", 0)
-    reporter = _FinalWithModel(int(train_cfg.get("checkpoint_every", 1)), epochs)
+    reporter = TuneReporter(int(train_cfg.get("checkpoint_every", 1)), epochs,
+                            resume_from=trial.get("resume_from"), faults=_faults_for(trial))
 
     def keep_model(model):
         reporter.model = model
 
-    run_trial(trial, bundle, reporter, on_model=keep_model)
+    try:
+        run_trial(trial, bundle, reporter, on_model=keep_model)
+    except NonFiniteLoss as e:
+        reporter.failed(f"NonFiniteLoss: {e}")

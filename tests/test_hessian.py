@@ -23,12 +23,22 @@ from raystudy.metrics.hessian import HessianOptions, hessian, slq, smooth_densit
 N = 12
 
 
+class WithUnused(nn.Module):
+    """The same MLP plus a layer outside the loss (pyhessian alone crashes on it)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def tiny_mlp(extra: bool = False) -> nn.Module:
     torch.manual_seed(28)
     m = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
-    if extra:  # a parameter outside the loss: pyhessian alone crashes on it
-        m.unused = nn.Linear(2, 2)
-    return m
+    return WithUnused(m) if extra else m
 
 
 def points():
@@ -125,7 +135,7 @@ def test_slq_nodes_are_exact_eigenvalues_with_weights_summing_to_one(exact):
 
 def test_density_integrates_to_one_and_sits_on_the_eigenvalues(exact):
     _, lam = exact
-    res = run(tiny_mlp(), top_n=0, trace=False, density=True, slq_runs=40, slq_iterations=60,
+    res = run(tiny_mlp(), top_n=0, trace=False, density=True, slq_runs=30, slq_iterations=50,
               density_grid=2000, density_bandwidth=0.005)
     rows = [c for c in res.curves if c["metric"] == "hessian.density"]
     assert len(rows) == 2000
@@ -196,8 +206,45 @@ def test_stdcnn_on_mnist_cpu(mnist_small):
     torch.manual_seed(0)
     m = StdCNN(StdCNNOptions(channels=[4, 4, 8, 8], hidden=16), mnist_small.info).train()
     ctx = EvalContext(model=m, data=mnist_small, device=torch.device("cpu"))
-    r = hessian(ctx, HessianOptions(samples=64, batch_size=32, top_n=2, max_iter=30,
-                                    trace_samples=6)).scalars
+    # 32 samples in two batches: pyhessian's dataloader path, on a CPU-only machine.
+    r = hessian(ctx, HessianOptions(samples=32, batch_size=16, top_n=2, max_iter=10,
+                                    trace_samples=3)).scalars
     assert m.training
     assert r["hessian.top1"] >= abs(r["hessian.top2"]) > 0
     assert math.isfinite(r["hessian.trace"]) and r["hessian.trace_se"] > 0
+
+
+def _trial(at_epochs):
+    hess = {"samples": 16, "batch_size": 16, "top_n": 1, "max_iter": 5, "trace": False}
+    if at_epochs:
+        hess["at_epochs"] = at_epochs
+    cfg = {"seed": 0, "device": "cpu", "data": {"dataset": "mnist", "train_size": 128, "test_size": 32},
+           "model": {"arch": "stdcnn_mnist", "channels": [4, 4, 8, 8], "hidden": 16, "dropout": 0.5},
+           "train": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.05}},
+           "evaluate": [{"hessian": hess}]}
+    return {"trial_id": "t", "params": {}, "config": cfg}
+
+
+def test_at_epochs_adds_curve_rows_without_perturbing_training():
+    import json
+
+    from raystudy.data import load
+    from raystudy.execute import NullReporter, run_trial
+    from raystudy.spec.schema import DataSpec
+    bundle = load(DataSpec(dataset="mnist", train_size=128, test_size=32))
+    runs = {}
+    for at in (None, [1, 2]):
+        models, rep = [], NullReporter()
+        final = run_trial(_trial(at), bundle, rep, on_model=models.append)
+        runs[bool(at)] = (final, rep, models[0])
+    (f0, _, m0), (f1, rep1, m1) = runs[False], runs[True]
+    # Dropout draws from the global RNG: equal weights mean the metric left it alone.
+    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
+        assert torch.equal(a, b)
+    assert f0["hessian.top1"] == f1["hessian.top1"]
+    rows = [r for r in json.loads(f1["_curves"]) if r["metric"] == "hessian.top1@epoch"]
+    assert [(r["x"], r["epoch"]) for r in rows] == [(1, 1), (2, 2)]
+    # After the last epoch the weights are the final ones: the same number as the final metric.
+    assert rows[1]["value"] == pytest.approx(f1["hessian.top1"], rel=1e-6)
+    assert [e.get("hessian.top1") for e in rep1.epochs] == [r["value"] for r in rows]
+    assert not json.loads(f0["_curves"])

@@ -58,11 +58,25 @@ def displacement_covariance(delta: torch.Tensor, estimator: str = "biased") -> t
     return (r / n).to(delta.dtype)
 
 
-def apply_displacement(k: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Σg with Σ_{(c,p),(c',q)} = K[c, c', q − p]: one convolution (cross-correlation) of g with
-    K, zero outside the image. K may be cropped to a radius r (shape (2r+1)×(2r+1))."""
+def apply_displacement(k: torch.Tensor, g: torch.Tensor, method: str = "auto") -> torch.Tensor:
+    """Σg with Σ_{(c,p),(c',q)} = K[c, c', q − p]: the cross-correlation of g with K, zero
+    outside the image. K may be cropped to a radius r (shape (2r+1)×(2r+1)).
+
+    Small kernels run as conv2d; the full (2H−1)×(2W−1) kernel runs through the FFT (the
+    direct convolution costs H·W·(2H−1)·(2W−1) per image and dominates the training step).
+    """
     ph, pw = (k.shape[2] - 1) // 2, (k.shape[3] - 1) // 2
-    return F.conv2d(g, k.to(g.dtype), padding=(ph, pw))
+    k = k.to(g.dtype)
+    if method == "conv" or (method == "auto" and max(ph, pw) <= 3):
+        return F.conv2d(g, k, padding=(ph, pw))
+    h, w = g.shape[2], g.shape[3]
+    # out[p] = Σ_q K[q − p] g[q] is the full linear convolution of g with the flipped kernel,
+    # read at offset (ph, pw); an FFT of size ≥ H + 2·ph keeps it from wrapping around.
+    sh, sw = h + 2 * ph, w + 2 * pw
+    kf = torch.fft.rfft2(torch.flip(k, dims=(2, 3)), s=(sh, sw))
+    gf = torch.fft.rfft2(g, s=(sh, sw))
+    full = torch.fft.irfft2(torch.einsum("cdhw,ndhw->nchw", kf, gf), s=(sh, sw))
+    return full[:, :, ph:ph + h, pw:pw + w]
 
 
 def crop_radius(k: torch.Tensor, radius: int | None) -> torch.Tensor:

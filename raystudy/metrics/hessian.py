@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -94,6 +95,10 @@ def _hessian_session(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
             if cuda:  # pyhessian's 'cuda' means the current device
                 stack.enter_context(torch.cuda.device(device))
             torch.manual_seed(seed)
+            # pyhessian's backward(create_graph=True) ties params and grads in a cycle; the
+            # grads are reset in `finally`, which breaks it, so the warning is noise.
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message="Using backward.. with create_graph=True")
             if len(x) <= batch_size:
                 h = PyHessian(model, criterion, data=(x, y), cuda=cuda)
             else:

@@ -9,6 +9,7 @@ list of pure math functions are accepted.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 from typing import Any, Mapping
@@ -73,6 +74,14 @@ def names_in(source: str) -> set[str]:
 
 
 def _parse(source: str) -> ast.Expression:
+    if not isinstance(source, str):
+        raise ExprError("an expr must be a string", expected="a string like \"0.1 * train.batch_size / 128\"")
+    return _parse_cached(source)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(source: str) -> ast.Expression:
+    # Parsed once per distinct expression: a 100,000-trial grid re-evaluates the same text.
     if not isinstance(source, str):
         raise ExprError("an expr must be a string", expected="a string like \"0.1 * train.batch_size / 128\"")
     if len(source) > 2000:

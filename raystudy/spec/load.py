@@ -119,6 +119,19 @@ def pydantic_errors(exc: ValidationError, model: type[BaseModel], *, file: str |
     return out
 
 
+def _with_line(err: StudyError, marks: dict | None) -> StudyError:
+    """Point a trial-level error at its line in the file when the key is written there."""
+    if not marks or not err.path or err.raw.startswith("line "):
+        return err
+    parts = tuple(int(p) if p.isdigit() else p for p in err.path.split("."))
+    for n in range(len(parts), 0, -1):
+        m = marks.get(parts[:n])
+        if m:
+            return StudyError(f"line {m[0]}: {err.raw}", file=err.file, path=err.path,
+                              expected=err.expected, hint=err.hint)
+    return err
+
+
 # ------------------------------------------------------------------------ overrides
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -240,6 +253,7 @@ def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None,
             else:
                 continue
             for err in errs:
+                err = _with_line(err, marks)
                 # The same mistake usually repeats in every trial: report it once.
                 key = err.render()
                 if key not in seen:

@@ -128,6 +128,9 @@ def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
         o = attempt(_named, OPTIMIZERS, t.optimizer, "train.optimizer", "name", file)
         s = attempt(_named, SCHEDULES, t.schedule, "train.schedule", "name", file)
         stages.append(Stage(t.epochs, m, t.augment, o, s, 0))
+    if t.init_from is not None:
+        from ..warmstart import parse as parse_init_from
+        attempt(parse_init_from, t.init_from)
     metrics: list[Named] = []
     items = attempt(metric_items, cfg.evaluate, file) or []
     for name, opts, path in items:

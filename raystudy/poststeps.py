@@ -1,0 +1,213 @@
+"""Study-level steps that run after every trial has finished (`after:` in a study).
+
+    after:
+      - transfer: {attacks: [pgd, fgsm], eps: 0.1, n: 500}
+
+`transfer` (SGR paper, Sec. 4.4 and its transfer tables): adversarial examples crafted
+on each trained model (the source) are fed to every model of the study (the target);
+the diagonal is each model's white-box accuracy. Writes results/<study>/transfer.parquet
+with one row per (source_trial, target_trial, attack, eps).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import pandas as pd
+import torch
+from pydantic import Field, ValidationError, field_validator
+
+from .errors import StudyError, StudyErrors, unknown_name_error
+from .registry import Options
+from .results import PLAN, TRIALS, write_atomic
+from .spec.types import Eps
+
+TRANSFER = "transfer.parquet"
+
+
+class TransferOptions(Options):
+    attacks: list[Literal["pgd", "fgsm"]] = Field(default_factory=lambda: ["pgd", "fgsm"], min_length=1)
+    eps: list[Eps] = Field(default_factory=lambda: [0.1], min_length=1)
+    n: int = Field(500, ge=1, description="test images (the seeded subset the metrics use)")
+    steps: int = Field(40, ge=1, description="PGD iterations")
+    alpha: Eps | None = Field(None, description="PGD step size (default 2.5 * eps / steps)")
+    random_start: bool = True
+    seed: int = 0
+    batch_size: int = Field(500, ge=1)
+    device: str = "auto"
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return v if isinstance(v, list) else [v]
+
+
+# name -> (options class, function(study, out_dir, options))
+AFTER_STEPS: dict[str, tuple[type[Options], Callable[..., Any]]] = {}
+
+
+def validate_after(entries: list[Any], file: str | None = None) -> list[tuple[str, Options]]:
+    """`after:` items (`- transfer: {...}` or `- transfer`) -> [(name, options)]; every problem
+    is a StudyError naming the file and the dotted path (all of them at once)."""
+    from .spec.load import pydantic_errors
+    out: list[tuple[str, Options]] = []
+    errors: list[StudyError] = []
+    for i, item in enumerate(entries or []):
+        path = f"after.{i}"
+        if isinstance(item, str):
+            name, opts = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, opts = next(iter(item.items()))
+            opts = {} if opts is None else opts
+        else:
+            errors.append(StudyError("each after item is a step name or {name: {options}}", file=file, path=path,
+                                     expected="e.g. '- transfer: {attacks: [pgd, fgsm], eps: 0.1, n: 500}'"))
+            continue
+        if name not in AFTER_STEPS:
+            errors.append(unknown_name_error("after step", str(name), AFTER_STEPS, path=path).located(file=file))
+            continue
+        if not isinstance(opts, dict):
+            errors.append(StudyError(f"options of '{name}' must be a mapping", file=file, path=f"{path}.{name}",
+                                     expected="e.g. {attacks: [pgd], eps: 0.1}"))
+            continue
+        schema = AFTER_STEPS[name][0]
+        try:
+            out.append((name, schema.model_validate(opts)))
+        except ValidationError as e:
+            errors.extend(pydantic_errors(e, schema, file=file, prefix=f"{path}.{name}"))
+    if errors:
+        raise errors[0] if len(errors) == 1 else StudyErrors(errors)
+    return out
+
+
+def run_after_steps(study_doc, out_dir: str | Path) -> dict[str, Path]:
+    """Run the study's `after:` steps on a finished results folder; returns {step: file}.
+
+    `study_doc` is a StudyDocument (or a StudySpec, or the study's dict).
+    """
+    spec = getattr(study_doc, "spec", study_doc)
+    after = spec.get("after", []) if isinstance(spec, dict) else spec.after
+    file = getattr(study_doc, "file", None)
+    written: dict[str, Path] = {}
+    for name, opts in validate_after(after, file):
+        written[name] = AFTER_STEPS[name][1](Path(out_dir), opts)
+    return written
+
+
+# ------------------------------------------------------------------------- models
+
+def find_checkpoint(out_dir: Path, row: dict) -> Path | None:
+    """model.pt of a trial's final checkpoint: the `checkpoint` column when present, else
+    the newest <out_dir>/tune-*/<trial_id>/checkpoint_*/model.pt."""
+    ck = row.get("checkpoint")
+    if isinstance(ck, str) and ck:
+        p = Path(ck)
+        p = p if p.name == "model.pt" else p / "model.pt"
+        if p.exists():
+            return p
+    found = list(Path(out_dir).glob(f"tune-*/{row['trial_id']}/checkpoint_*/model.pt"))
+    if not found:
+        return None
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+def load_trial_model(config: dict, weights: Path, device: torch.device):
+    """Rebuild a trial's model from its config and load its final weights (eval mode)."""
+    from .data import load
+    from .models import build_model
+    from .spec.validate import validate_trial
+    parsed = validate_trial(config)
+    bundle = load(parsed.cfg.data)
+    model = build_model(parsed.model, bundle.info).to(device)
+    state = torch.load(weights, map_location=device, weights_only=True)
+    # Final weights are saved after model.eval(); escnn models carry eval-mode buffers
+    # then (PITFALLS: save and load in the same mode), so load in eval mode first.
+    model.eval()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        model.train()
+        model.load_state_dict(state)
+        model.eval()
+    return model, bundle
+
+
+def _completed_models(out_dir: Path, device: torch.device):
+    trials_path, plan_path = out_dir / TRIALS, out_dir / PLAN
+    if not trials_path.exists() or not plan_path.exists():
+        raise StudyError(f"no finished study in '{out_dir}' ({TRIALS} and {PLAN} are needed)",
+                         hint="run the study first")
+    plan = {t["trial_id"]: t for t in json.loads(plan_path.read_text())["trials"]}
+    rows = pd.read_parquet(trials_path).to_dict("records")
+    models = []
+    for r in rows:
+        if r.get("status") != "completed" or r["trial_id"] not in plan:
+            continue
+        weights = find_checkpoint(out_dir, r)
+        if weights is None:
+            print(f"raystudy: transfer: no final checkpoint for trial {r['trial_id']}: skipped", flush=True)
+            continue
+        model, bundle = load_trial_model(plan[r["trial_id"]]["config"], weights, device)
+        models.append((r["trial_id"], plan[r["trial_id"]], model, bundle))
+    return models
+
+
+# ----------------------------------------------------------------------- transfer
+
+def craft(model, x, y, attack: str, eps: float, o: TransferOptions) -> torch.Tensor:
+    """Adversarial examples on one (source) model with torchattacks, seeded."""
+    import torchattacks
+    if attack == "fgsm":
+        atk = torchattacks.FGSM(model, eps=eps)
+    else:
+        alpha = o.alpha if o.alpha is not None else 2.5 * eps / o.steps
+        atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=o.steps, random_start=o.random_start)
+    out = []
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(o.seed)
+        for i in range(0, len(x), o.batch_size):
+            out.append(atk(x[i:i + o.batch_size], y[i:i + o.batch_size]).detach())
+    return torch.cat(out)
+
+
+def run_transfer(out_dir: Path, o: TransferOptions) -> Path | None:
+    """The transfer matrix: accuracy of every target model on every source model's
+    adversarial examples (SGR paper's white-box / transfer tables)."""
+    from .execute import pick_device
+    from .metrics.base import EvalContext, predict
+    device = pick_device(o.device)
+    models = _completed_models(out_dir, device)
+    if not models:
+        print("raystudy: transfer: no completed trial with a final checkpoint; nothing written", flush=True)
+        return None
+    info0 = models[0][3].info
+    for tid, _, _, b in models[1:]:
+        i = b.info
+        if (i.channels, i.height, i.width, i.num_classes) != (info0.channels, info0.height, info0.width,
+                                                             info0.num_classes):
+            raise StudyError(f"trial {tid} has inputs/classes {i} unlike {models[0][0]}: "
+                             "transfer needs one input space", path="after.transfer")
+    data = models[0][3].to(device)
+    x, y = EvalContext(model=None, data=data, device=device).subset("test", o.n)
+    clean = {tid: (predict(m, x, o.batch_size) == y).float().mean().item() for tid, _, m, _ in models}
+    label = {tid: ", ".join(f"{k}={v}" for k, v in t.get("params", {}).items()) or tid for tid, t, _, _ in models}
+    rows = []
+    for src, _, src_model, _ in models:
+        for attack in o.attacks:
+            for eps in o.eps:
+                x_adv = craft(src_model, x, y, attack, eps, o)
+                for tgt, _, tgt_model, _ in models:
+                    acc = (predict(tgt_model, x_adv, o.batch_size) == y).float().mean().item()
+                    rows.append({"source_trial": src, "target_trial": tgt, "attack": attack, "eps": float(eps),
+                                 "accuracy": acc, "white_box": src == tgt, "target_clean_accuracy": clean[tgt],
+                                 "source_label": label[src], "target_label": label[tgt], "n": len(x)})
+    path = out_dir / TRANSFER
+    write_atomic(pd.DataFrame(rows), path)
+    print(f"raystudy: transfer: {len(models)} models x {len(o.attacks)} attacks x {len(o.eps)} eps -> {path}",
+          flush=True)
+    return path
+
+
+AFTER_STEPS["transfer"] = (TransferOptions, run_transfer)
