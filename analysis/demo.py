@@ -85,7 +85,9 @@ def write_demo_results(out: str | Path, *, name: str = "demo", report: list[dict
         else:
             store.record(t, "error", None, error="FloatingPointError: loss is nan at epoch 2", epochs=[])
     done = [t["trial_id"] for t in trials[:n_done]]
-    rows = [{"source": a, "target": b, "accuracy": 0.2 + 0.6 * (a == b) + 0.01 * i}
-            for i, a in enumerate(done[:4]) for b in done[:4]]
+    # The layout of raystudy.poststeps' transfer step: one row per (source, target, attack, eps).
+    rows = [{"source_trial": a, "target_trial": b, "attack": atk, "eps": 0.1,
+             "accuracy": 0.2 + 0.6 * (a == b) + 0.01 * i - 0.1 * (atk == "pgd")}
+            for atk in ("pgd", "fgsm") for i, a in enumerate(done[:4]) for b in done[:4]]
     write_atomic(pd.DataFrame(rows), out / "transfer.parquet")
     return out

@@ -107,9 +107,12 @@ class DensityEntry(Entry):
 class TransferEntry(Entry):
     chart: Literal["transfer"]
     table: str = "transfer"
-    source: str = "source"
-    target: str = "target"
+    source: str = "source_trial"
+    target: str = "target_trial"
     value: str = "accuracy"
+    # Rows of the table to use, e.g. {attack: pgd, eps: 0.1}; an unselected attack / eps column
+    # with several values is restricted to its first value (named in the title).
+    select: dict[str, Any] = Field(default_factory=dict)
 
 
 class TableEntry(Entry):
@@ -297,12 +300,27 @@ def build_chart(tables: Tables, entry: Entry | dict, i: int = 0) -> alt.TopLevel
             if getattr(e, k) not in df.columns:
                 raise StudyError(f"no column '{getattr(e, k)}' in {e.table}.parquet", path=f"{p}.{k}",
                                  expected="one of: " + ", ".join(df.columns))
+        for k, v in e.select.items():
+            if k not in df.columns:
+                raise StudyError(f"no column '{k}' in {e.table}.parquet", path=f"{p}.select.{k}",
+                                 expected="one of: " + ", ".join(df.columns))
+            df = df[df[k].isin(v if isinstance(v, list) else [v])]
+        picked = []
+        for k in ("attack", "eps"):
+            if k in df.columns and k not in e.select and df[k].nunique() > 1:
+                first = df[k].iloc[0]
+                df = df[df[k] == first]
+                picked.append(f"{k}={first:g}" if isinstance(first, float) else f"{k}={first}")
         df = df.copy()
-        # Trial ids are unreadable in a matrix: show the configuration label instead.
-        labels = tables.trials.set_index("trial_id")["label"].to_dict()
+        # Trial ids are unreadable in a matrix: show the configuration label, plus the seed so that
+        # white-box cells (a model attacking itself) are never pooled with other seeds' transfers.
+        tr = tables.trials.set_index("trial_id")
+        labels = {tid: (f"{r['label']}, seed={r['seed']}" if "seed" in tr.columns else r["label"])
+                  for tid, r in tr.iterrows()}
         for k in (e.source, e.target):
             df[k] = df[k].map(lambda v: labels.get(v, v))
-        return charts.transfer_chart(df, source=e.source, target=e.target, value=e.value, title=e.title)
+        title = e.title or (f"transfer attacks: {e.value}" + (f" ({', '.join(picked)})" if picked else ""))
+        return charts.transfer_chart(df, source=e.source, target=e.target, value=e.value, title=title)
     raise AssertionError(f"unhandled chart {e.chart}")  # pragma: no cover - CHARTS lists every class
 
 

@@ -228,6 +228,10 @@ def attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, eps: f
     if unknown:
         raise TypeError(f"unknown attack options {sorted(unknown)}")
     hp = {**DEFAULTS, **{k: v for k, v in hp.items() if v is not None}}
+    if info.budget and eps == 0:
+        # A zero budget admits no perturbation (and torchattacks' PGDL2 returns NaN there:
+        # its random start divides by the zero radius).
+        return x.clone()
     if name == "deepfool_batched":
         return deepfool_batched(model, x, y, steps=hp["steps"] or _DEFAULT_STEPS[name],
                                 overshoot=hp["overshoot"], candidates=hp["candidates"],

@@ -156,20 +156,21 @@ def _completed_models(out_dir: Path, device: torch.device):
 
 # ----------------------------------------------------------------------- transfer
 
-def craft(model, x, y, attack: str, eps: float, o: TransferOptions) -> torch.Tensor:
-    """Adversarial examples on one (source) model with torchattacks, seeded."""
-    import torchattacks
-    if attack == "fgsm":
-        atk = torchattacks.FGSM(model, eps=eps)
-    else:
-        alpha = o.alpha if o.alpha is not None else 2.5 * eps / o.steps
-        atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=o.steps, random_start=o.random_start)
-    out = []
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(o.seed)
-        for i in range(0, len(x), o.batch_size):
-            out.append(atk(x[i:i + o.batch_size], y[i:i + o.batch_size]).detach())
-    return torch.cat(out)
+def trial_label(trial: dict) -> str:
+    """A short name for a trial in the matrix: its `label` space entry if the study has
+    one, else its varied values (a varied method shows as its name)."""
+    params = trial.get("params", {})
+    if "label" in params:
+        return str(params["label"])
+    parts = [f"{k}={v.get('name', v) if isinstance(v, dict) else v}" for k, v in params.items()]
+    return ", ".join(parts) or trial["trial_id"]
+
+
+def craft(model, x, y, name: str, eps: float, o: TransferOptions) -> torch.Tensor:
+    """Adversarial examples on one (source) model (raystudy.attacks: torchattacks, seeded)."""
+    from .attacks import attack
+    hp = {"steps": o.steps, "alpha": o.alpha, "random_start": o.random_start} if name == "pgd" else {}
+    return attack(model, name, x, y, eps, batch_size=o.batch_size, seed=o.seed, **hp)
 
 
 def run_transfer(out_dir: Path, o: TransferOptions) -> Path | None:
@@ -192,7 +193,7 @@ def run_transfer(out_dir: Path, o: TransferOptions) -> Path | None:
     data = models[0][3].to(device)
     x, y = EvalContext(model=None, data=data, device=device).subset("test", o.n)
     clean = {tid: (predict(m, x, o.batch_size) == y).float().mean().item() for tid, _, m, _ in models}
-    label = {tid: ", ".join(f"{k}={v}" for k, v in t.get("params", {}).items()) or tid for tid, t, _, _ in models}
+    label = {tid: trial_label(t) for tid, t, _, _ in models}
     rows = []
     for src, _, src_model, _ in models:
         for attack in o.attacks:

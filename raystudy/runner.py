@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -126,18 +127,33 @@ def _check_resources(study: StudyDocument) -> None:
                          path="resources", hint="lower resources.cpu / resources.gpu or add a node that has them")
 
 
+class _DropTrialTraces(logging.Filter):
+    """A failed trial is one line of ours (reason + path of its error.txt), not Tune's
+    full traceback; every other warning and error still reaches the console."""
+
+    PREFIXES = ("Trial task failed for trial", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
 @contextlib.contextmanager
 def _quiet_tune():
     """Tune's own console output (configuration box, result tables) off; our lines stay.
 
-    With the legacy reporter and verbose=0 Tune prints nothing of its own; errors still
-    reach the console as log records and every failure is in our summary.
+    With the legacy reporter and verbose=0 Tune prints nothing of its own.
     """
     old = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    flt = _DropTrialTraces()
+    loggers = [logging.getLogger(n) for n in ("ray.tune.execution.tune_controller", "ray.tune.tune")]
+    for lg in loggers:
+        lg.addFilter(flt)
     try:
         yield
     finally:
+        for lg in loggers:
+            lg.removeFilter(flt)
         if old is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
@@ -305,6 +321,18 @@ def _final_checkpoint(trial) -> str | None:
             if (c / MODEL_FILE).is_file():
                 return str(c.resolve())
     return None
+
+
+def _trial_error(trial) -> str:
+    """One line from the error Tune just wrote: its staging copy exists at once, the copy in
+    the experiment folder only after the next sync."""
+    try:
+        staged = getattr(trial, "error_file", None)
+        if staged and Path(staged).is_file():
+            return error_reason(Path(staged).read_text(errors="replace"))
+        return error_reason(trial.get_error())
+    except Exception:  # noqa: BLE001 - the reason is best effort, the record is not
+        return "trial failed (no error file)"
 
 
 def _unique_experiment_name(out: Path) -> str:
@@ -490,13 +518,9 @@ class StudyCallback:
                 self._progress(trial, "done" + (f" (resumed from epoch {rf})" if rf else ""))
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                try:
-                    reason = error_reason(trial.get_error())
-                except Exception:  # noqa: BLE001 - the reason is best effort, the record is not
-                    reason = "trial failed (no error file)"
-                self._failed(trial, reason, None)
+                self._failed(trial, _trial_error(trial), None, trace=True)
 
-            def _failed(self, trial, reason: str, result: dict | None) -> None:
+            def _failed(self, trial, reason: str, result: dict | None, trace: bool = False) -> None:
                 tid = self._tid(trial)
                 seen = self._seen_epochs(tid)
                 epochs_run = (result or {}).get("epochs_run") or (seen[-1].get("epoch", 0) if seen else 0)
@@ -506,7 +530,8 @@ class StudyCallback:
                 self.recorded += 1
                 self.summary.failed += 1
                 self.summary.failures.append((tid, reason))
-                where = f"; full trace in {trial.path}/error.txt" if (Path(trial.path or "") / "error.txt").exists() else ""
+                # Tune copies error.txt from its staging folder into the experiment folder.
+                where = f"; full trace in {Path(trial.path) / 'error.txt'}" if trace and trial.path else ""
                 self._progress(trial, f"FAILED: {reason}{where}")
 
             def _seen_epochs(self, tid: str) -> list[dict]:

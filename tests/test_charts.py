@@ -1,7 +1,6 @@
 """Chart builders on hand-built tables in the documented formats: valid Vega-Lite, the
 expected encodings, aggregated values that match the input, and a PNG render."""
 
-import io
 import struct
 
 import numpy as np

@@ -115,15 +115,23 @@ def test_perturbation_pca_on_mnist(trained, mnist_small):
     assert perturbation_pca(ctx, o).scalars == res.scalars
 
 
-def test_adversarial_perturbations_decay_faster_than_the_data(trained, mnist_small):
-    """SGR Fig. 2: PGD perturbations are short-range correlated, the data long-range."""
+def test_perturbation_covariance_curves(trained, mnist_small):
+    """The curves are the axial covariance functions of the (centred) perturbations and of
+    the centred data, normalized at displacement 0, and the decay lengths are theirs."""
+    from raystudy.metrics.geometry import _unit, adversarial_perturbations
     ctx = EvalContext(model=trained, data=mnist_small, device=torch.device("cpu"))
-    res = perturbation_covariance(ctx, PerturbationCovarianceOptions(attack="pgd", eps=0.1, steps=5, n=200))
-    adv = res.scalars["perturbation_covariance.pgd.decay_length"]
-    data = res.scalars["perturbation_covariance.data.decay_length"]
-    assert adv < data, (adv, data)
-    first = [r for r in res.curves if r["metric"] == "perturbation_covariance.pgd"][0]
-    assert first["x"] == 0 and first["covariance"] == pytest.approx(1.0)
+    o = PerturbationCovarianceOptions(attack="pgd", eps=0.1, steps=5, n=150, max_shift=8)
+    res = perturbation_covariance(ctx, o)
+    x, y = ctx.subset("test", 150)
+    adv = _unit(adversarial_perturbations(trained, x, y, o, seed=0))
+    for name, z in (("pgd", adv - adv.mean(0)), ("data", x - x.mean(0))):
+        prof = axial_profile(covariance_function(z, 8))
+        rows = [r for r in res.curves if r["metric"] == f"perturbation_covariance.{name}"]
+        assert [r["x"] for r in rows] == list(range(9))
+        torch.testing.assert_close(torch.tensor([r["covariance"] for r in rows], dtype=torch.float64),
+                                   prof / prof[0])
+        assert res.scalars[f"perturbation_covariance.{name}.decay_length"] == pytest.approx(decay_length(prof))
+        assert 0 < decay_length(prof) < 8
 
 
 def test_lrc_noise_worst_of_k(trained, mnist_small):

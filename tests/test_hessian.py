@@ -23,6 +23,15 @@ from raystudy.metrics.hessian import HessianOptions, hessian, slq, smooth_densit
 N = 12
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Double backward through convolutions slows down 15-25x with 2 threads on 2 busy cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class WithUnused(nn.Module):
     """The same MLP plus a layer outside the loss (pyhessian alone crashes on it)."""
 

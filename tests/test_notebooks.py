@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,9 +45,10 @@ def test_notebook_runs_headless(tmp_path, name, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "study 'quickstart': {'completed': 4}" in text and "2 declared charts" in text
-    specs = [o["data"][k] for o in outputs if o.output_type in ("display_data", "execute_result")
-             for k in o.get("data", {}) if k.startswith("application/vnd.vegalite")]
-    assert len(specs) == 3  # bar, epochs, the declared charts
+    svgs = [o["data"]["image/svg+xml"] for o in outputs if o.output_type in ("display_data", "execute_result")
+            and "image/svg+xml" in o.get("data", {})]
+    assert len(svgs) == 3  # bar, epochs, the declared charts
+    assert all("<svg" in s and "accuracy" in s for s in svgs)
     # The aggregate cell shows the seed means: rotation 60 -> mean of 0.84 and 0.85.
     html = "".join(o["data"].get("text/html", "") for o in outputs if o.output_type == "execute_result")
     assert "0.845" in html

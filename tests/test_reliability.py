@@ -109,7 +109,7 @@ def test_failures_are_recorded_and_the_study_goes_on(ray_local, tmp_path, monkey
     assert trials.loc["ok", "checkpoint"] and Path(trials.loc["ok", "checkpoint"], "model.pt").is_file()
     for case in ("nan", "kill", "raise", "oom"):
         assert trials.loc[case, "status"] == "error", case
-        assert "\n" not in trials.loc[case, "error"] and trials.loc[case, "checkpoint"] is None
+        assert "\n" not in trials.loc[case, "error"] and pd.isna(trials.loc[case, "checkpoint"])
     assert trials.loc["nan", "error"].startswith("NonFiniteLoss: loss became nan in epoch 1")
     assert trials.loc["raise", "error"] == "RuntimeError: injected fault after epoch 1"
     assert "OutOfMemoryError" in trials.loc["oom", "error"] and "batch_size" in trials.loc["oom", "error"]
@@ -118,8 +118,10 @@ def test_failures_are_recorded_and_the_study_goes_on(ray_local, tmp_path, monkey
     assert "1/5 trials completed, 4 failed" in out.out
     for tid in trials.loc[["nan", "kill", "raise", "oom"], "trial_id"]:
         assert f"failed {tid}: " in out.out
-    for noise in ("Configuration for experiment", "Checkpoint successfully created", "View detailed results"):
+    for noise in ("Configuration for experiment", "Checkpoint successfully created", "View detailed results",
+                  "Traceback"):
         assert noise not in out.out + out.err
+    assert "FAILED: RuntimeError: injected fault after epoch 1; full trace in " in out.out
     # A re-run skips all of them; --retry-failed would run the four again.
     s = run_study(load_study(f), tmp_path / "res", dashboard=False, verbose=False)
     assert (s.completed, s.failed, s.skipped) == (1, 4, 5)

@@ -8,7 +8,7 @@ from torch import nn
 
 from raystudy.metrics.base import EvalContext
 from raystudy.metrics.universal import (
-    InvariantDirectionsOptions, SVDUniversalOptions, deepfool_batched, invariant_directions,
+    InvariantDirectionsOptions, SVDUniversalOptions, invariant_directions,
     svd_universal, unsigned_angle, universal_direction)
 
 
@@ -26,7 +26,7 @@ def make_model(data, seed: int = 0) -> nn.Module:
 def train_small(data, epochs: int = 1, seed: int = 0) -> nn.Module:
     """The MNIST StdCNN, 1 epoch of Adam on the 1,000-digit fixture (a few seconds)."""
     model = make_model(data, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         perm = torch.randperm(len(data.x_train), generator=g)
@@ -75,39 +75,15 @@ def test_zero_directions_are_dropped():
         universal_direction(torch.zeros(3, 4))
 
 
-def test_batched_deepfool_on_linear_model_hits_the_closest_boundary():
-    """One DeepFool step on an affine classifier lands on the nearest decision boundary:
-    ‖r‖ = min_k |f_k - f_l| / ‖w_k - w_l‖ (then the overshoot)."""
-    torch.manual_seed(0)
-    d, k = 20, 5
-    lin = nn.Linear(d, k).double()
-    model = nn.Sequential(nn.Flatten(), lin)
-    x = (0.5 + 0.01 * torch.randn(8, 1, 4, 5, dtype=torch.float64))
-    with torch.no_grad():
-        f = model(x)
-    lab = f.argmax(1)
-    w = lin.weight
-    dist = []
-    for i in range(len(x)):
-        dd = [(f[i, c] - f[i, lab[i]]).abs() / (w[c] - w[lab[i]]).norm() for c in range(k) if c != lab[i]]
-        dist.append(min(dd))
-    dist = torch.stack(dist)
-    x_adv, fooled = deepfool_batched(model, x, steps=10, overshoot=0.02)
-    r = (x_adv - x).flatten(1).norm(dim=1)
-    assert fooled.all()
-    assert ((x_adv > 0) & (x_adv < 1)).all()   # no clipping involved, so the closed form holds
-    torch.testing.assert_close(r, dist.detach() * 1.02, rtol=2e-3, atol=1e-6)
-
-
 def test_universal_beats_random_of_same_norm(trained, mnist_small, tmp_path):
     ctx = EvalContext(model=trained, data=mnist_small, device=torch.device("cpu"), artifacts=tmp_path)
-    o = SVDUniversalOptions(attacks=["fgsm", "gradient"], n_fit=64, n_eval=300, l2=[0, 3, 6],
+    o = SVDUniversalOptions(attacks=["fgsm", "gradient", "deepfool"], n_fit=64, n_eval=300, l2=[0, 3, 6],
                             linf=[0.2], random_draws=1)
     was_training = trained.training
     res = svd_universal(ctx, o)
     assert trained.training == was_training
     rows = {(r["metric"], r["x"]): r for r in res.curves}
-    for a in ("fgsm", "gradient"):
+    for a in ("fgsm", "gradient", "deepfool"):
         zero = rows[(f"svd_universal.{a}", 0.0)]
         assert zero["fooling_rate"] == 0 and zero["fooling_rate_random"] == 0
         assert zero["accuracy"] == pytest.approx(res.scalars["svd_universal.clean_accuracy"])

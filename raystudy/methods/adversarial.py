@@ -10,18 +10,19 @@ the input only so no parameter gradient leaks into the optimizer step.
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from torch import nn
 
 from ..registry import METHODS, Options
 from ..spec.types import Eps, Number
 from .base import Method, TrainState
 
-Labels = Literal["true", "predicted"]
+# YAML reads a bare `true` as a boolean; it means the true labels here.
+Labels = Annotated[Literal["true", "predicted"], BeforeValidator(lambda v: "true" if v is True else v)]
 
 
 @contextlib.contextmanager

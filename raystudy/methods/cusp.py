@@ -86,8 +86,7 @@ class Cusp(Method):
     def loss(self, model, x, y, state):
         o = self.options
         if o.inner == "trades":
-            x_adv = trades_attack(model, x, self.eps, o.step_size, o.steps if self.eps > 0 else 0,
-                                  generator=state.generator)
+            x_adv = trades_attack(model, x, self.eps, o.step_size, o.steps, generator=state.generator)
             loss, nat, rob, logits = trades_loss(model, x, y, x_adv, o.beta)
             return loss, {"train_acc": (logits.argmax(1) == y).float().mean().detach(),
                           "trades.robust": rob.detach()}

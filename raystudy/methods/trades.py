@@ -43,6 +43,8 @@ def trades_attack(model, x: torch.Tensor, eps: float, step_size: float, steps: i
                   init_std: float = 0.001, generator: torch.Generator | None = None) -> torch.Tensor:
     """The official inner maximization of KL(p(x) ‖ p(x')) over the ℓ∞ ε-ball."""
     x = x.detach()
+    if eps == 0:
+        return x
     with eval_mode(model), torch.enable_grad():
         with torch.no_grad():
             p_nat = F.softmax(model(x), dim=1)

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from ..attacks import attack
 from ..registry import METRICS, Options
 from ..spec.types import Angle, Eps
 from .base import EvalContext, MetricResult, evaluation_mode, predict
@@ -34,20 +35,9 @@ def adversarial_perturbations(model, x, y, o: _AttackOptions, seed: int, batch_s
     DeepFool directions as in SVD-Universal)."""
     if o.attack in ("gradient", "deepfool"):
         return attack_directions(model, x, y, o.attack, batch_size=batch_size)
-    import torchattacks
-    if o.attack == "fgsm":
-        atk = torchattacks.FGSM(model, eps=o.eps)
-    else:
-        alpha = o.alpha if o.alpha is not None else 2.5 * o.eps / o.steps
-        atk = torchattacks.PGD(model, eps=o.eps, alpha=alpha, steps=o.steps, random_start=True)
-    out = []
-    # PGD's random start draws from the global RNG: seed it without disturbing the caller's.
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
-            out.append(atk(xb, y[i:i + batch_size]).detach() - xb)
-    return torch.cat(out)
+    adv = attack(model, o.attack, x, y, o.eps, batch_size=batch_size, seed=seed,
+                 **({"steps": o.steps, "alpha": o.alpha} if o.attack == "pgd" else {}))
+    return adv - x
 
 
 # ------------------------------------------------------------------------------ PCA
@@ -175,6 +165,8 @@ def decay_length(profile: torch.Tensor) -> float:
 class PerturbationCovarianceOptions(_AttackOptions):
     max_shift: int | None = Field(None, ge=1, description="largest displacement (default: half the image)")
     normalize: bool = Field(True, description="unit-L2 perturbations, as SGR's Σ estimate")
+    center: bool = Field(True, description="subtract the per-pixel mean perturbation (false: raw "
+                                          "second moments, the paper's Σ)")
 
 
 @METRICS.register("perturbation_covariance", PerturbationCovarianceOptions)
@@ -185,7 +177,10 @@ def perturbation_covariance(ctx: EvalContext, o: PerturbationCovarianceOptions) 
 
     Curves `perturbation_covariance.<attack>` and `perturbation_covariance.data`: x =
     displacement in pixels (along the axes), covariance = C(d)/C(0), covariance_raw = C(d).
-    The data are centred by their per-pixel mean; perturbations use raw second moments.
+    The data are centred by their per-pixel mean, and so are the perturbations unless
+    `center: false`: the paper uses raw second moments because the mean perturbation is
+    negligible on CIFAR-10, but on MNIST clipping to [0, 1] leaves only positive
+    perturbations on the black background, and that mean would dominate the raw moments.
     """
     x, y = ctx.subset(o.split, o.n)
     h, w = x.shape[-2:]
@@ -194,6 +189,8 @@ def perturbation_covariance(ctx: EvalContext, o: PerturbationCovarianceOptions) 
         adv = adversarial_perturbations(model, x, y, o, ctx.seed, ctx.batch_size)
     if o.normalize:
         adv = _unit(adv)
+    if o.center:
+        adv = adv - adv.mean(0, keepdim=True)
     res = MetricResult()
     saved = {}
     for name, z in ((o.attack, adv), ("data", x - x.mean(0, keepdim=True))):

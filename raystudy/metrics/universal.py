@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from .. import augment as aug
+from ..attacks import deepfool_batched, input_grad_only
 from ..registry import METRICS, Options
 from ..spec.types import Angle, Eps
 from .base import EvalContext, MetricResult, evaluation_mode, predict
@@ -29,73 +30,17 @@ DirectionAttack = Literal["gradient", "fgsm", "deepfool"]
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """∇ₓ CE(f(x), y), batched (the per-example loss gradient, not the batch mean's)."""
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
-        out.append(torch.autograd.grad(loss, xb)[0])
+    with input_grad_only(model):
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].detach().clone().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
+            out.append(torch.autograd.grad(loss, xb)[0])
     return torch.cat(out) if out else torch.empty_like(x)
 
 
-def deepfool_batched(model: nn.Module, x: torch.Tensor, steps: int = 50, overshoot: float = 0.02,
-                     num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepFool (Moosavi-Dezfooli et al.), all images at once: one backward per class per step.
-
-    Returns (x_adv, fooled). Images stop moving once their label flips; inputs stay in [0, 1].
-    torchattacks' DeepFool loops over single images (PITFALLS), hence this version.
-    """
-    x = x.detach()
-    with torch.no_grad():
-        logits0 = model(x)
-    k = num_classes or logits0.shape[1]
-    label = logits0.argmax(1)
-    r_tot = torch.zeros_like(x)
-    active = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
-    for _ in range(steps):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        xa = (x[idx] + (1 + overshoot) * r_tot[idx]).clamp(0, 1).requires_grad_(True)
-        logits = model(xa)
-        still = logits.argmax(1) == label[idx]
-        active[idx[~still]] = False
-        if not still.any():
-            break
-        grads = torch.stack([torch.autograd.grad(logits[:, c].sum(), xa, retain_graph=c < k - 1)[0]
-                             for c in range(k)], 1)                              # (n, K, ...)
-        lab = label[idx]
-        ar = torch.arange(len(idx), device=x.device)
-        w = grads.flatten(2) - flat(grads[ar, lab]).unsqueeze(1)                # (n, K, d)
-        f = (logits - logits[ar, lab].unsqueeze(1)).detach()
-        wn = w.norm(dim=2) + 1e-12
-        ratio = f.abs() / wn
-        ratio[ar, lab] = float("inf")
-        c = ratio.argmin(1)
-        step = ((ratio[ar, c] + 1e-4) / wn[ar, c]).unsqueeze(1) * w[ar, c]
-        upd = idx[still]
-        r_tot[upd] += step[still].reshape(-1, *x.shape[1:])
-    x_adv = (x + (1 + overshoot) * r_tot).clamp(0, 1)
-    with torch.no_grad():
-        fooled = model(x_adv).argmax(1) != label
-    return x_adv.detach(), fooled
-
-
 def _deepfool(model, x, steps, overshoot, batch_size):
-    """DeepFool perturbations, using raystudy.attacks' batched DeepFool when it exists."""
-    try:
-        from ..attacks import deepfool as shared  # type: ignore[attr-defined]
-    except ImportError:
-        shared = None
-    outs = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        if shared is not None:
-            x_adv = shared(model, xb, steps=steps, overshoot=overshoot)
-            x_adv = x_adv[0] if isinstance(x_adv, tuple) else x_adv
-        else:
-            x_adv, _ = deepfool_batched(model, xb, steps, overshoot)
-        outs.append(x_adv - xb)
-    return torch.cat(outs)
+    """DeepFool perturbations x_adv - x from raystudy.attacks' batched DeepFool."""
+    return deepfool_batched(model, x, steps=steps, overshoot=overshoot, batch_size=batch_size).adv - x
 
 
 def attack_directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,

@@ -32,6 +32,7 @@ FUNCTIONS = {
     "sqrt": math.sqrt, "log": math.log, "log2": math.log2, "exp": math.exp,
 }
 _MAX_POW = 64
+_MAX_BITS = 4096  # integers beyond this are a typo, and printing them raises
 
 
 class ExprError(StudyError):
@@ -87,10 +88,46 @@ def _parse_cached(source: str) -> ast.Expression:
     if len(source) > 2000:
         raise ExprError("expression is too long", expected="at most 2000 characters")
     try:
-        return ast.parse(source, mode="eval")
-    except SyntaxError as e:
-        raise ExprError(f"cannot parse expression {source!r}: {e.msg}",
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError) as e:
+        raise ExprError(f"cannot parse expression {source!r}: {getattr(e, 'msg', e)}",
                         expected="an arithmetic / comparison / conditional expression") from None
+    _check_static(tree, source)
+    return tree
+
+
+_ALLOWED = (ast.Expression, ast.Constant, ast.Name, ast.Attribute, ast.BinOp, ast.UnaryOp, ast.BoolOp,
+            ast.Compare, ast.IfExp, ast.List, ast.Tuple, ast.Call, ast.expr_context, ast.boolop)
+
+
+def _check_static(tree: ast.AST, source: str) -> None:
+    """Reject every construct beyond arithmetic/comparison/conditionals up front, including
+    ones in a branch that a given trial would not evaluate."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.operator) and type(node) not in _BINOPS:
+            raise ExprError(f"operator '{type(node).__name__}' is not allowed in {source!r}")
+        if isinstance(node, ast.unaryop) and type(node) not in _UNARY:
+            raise ExprError(f"operator '{type(node).__name__}' is not allowed in {source!r}")
+        if isinstance(node, ast.cmpop):
+            if type(node) not in _CMP:
+                raise ExprError(f"comparison {type(node).__name__} not allowed in {source!r}")
+            continue
+        if isinstance(node, (ast.operator, ast.unaryop)):
+            continue
+        if not isinstance(node, _ALLOWED):
+            raise ExprError(f"'{type(node).__name__}' is not allowed in {source!r}",
+                            expected="arithmetic, comparison, boolean and conditional expressions only")
+        if isinstance(node, ast.Attribute) and _dotted(node) is None:
+            raise ExprError(f"attribute access is not allowed in {source!r}",
+                            expected="names of space entries or config paths")
+        if isinstance(node, ast.Call):
+            fname = node.func.id if isinstance(node.func, ast.Name) else None
+            if fname not in FUNCTIONS or node.keywords:
+                raise ExprError(f"function call not allowed in {source!r}",
+                                expected="only " + ", ".join(sorted(FUNCTIONS)))
+        if isinstance(node, ast.Constant) and not (
+                node.value is None or isinstance(node.value, (int, float, str, bool))):
+            raise ExprError(f"literal {node.value!r} not allowed in {source!r}")
 
 
 def evaluate(source: str, env: Mapping[str, Any]) -> Any:
@@ -129,10 +166,19 @@ def _eval(node: ast.AST, env: Mapping[str, Any], source: str) -> Any:
         right = _num(_eval(node.right, env, source), source)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_POW:
             raise ExprError(f"exponent {right} too large in {source!r}", expected=f"|exponent| <= {_MAX_POW}")
+        if isinstance(node.op, ast.Pow) and isinstance(left, int) and left.bit_length() * abs(right) > _MAX_BITS:
+            raise ExprError(f"result too large in {source!r}")
         try:
-            return _BINOPS[type(node.op)](left, right)
+            out = _BINOPS[type(node.op)](left, right)
         except ZeroDivisionError:
             raise ExprError(f"division by zero in {source!r}") from None
+        except OverflowError:
+            raise ExprError(f"numeric overflow in {source!r}") from None
+        if isinstance(out, complex):
+            raise ExprError(f"{source!r} is not a real number", expected="a real result")
+        if isinstance(out, int) and out.bit_length() > _MAX_BITS:
+            raise ExprError(f"result too large in {source!r}")
+        return out
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         v = _eval(node.operand, env, source)
         if not isinstance(node.op, ast.Not):

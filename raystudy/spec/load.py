@@ -178,6 +178,19 @@ SMOKE_DEFAULTS = {
 
 # ------------------------------------------------------------------------- document
 
+def _check_report(spec: StudySpec, file: str, marks: dict | None) -> None:
+    """A typo in `report:` should fail at validate time, not after hours of training."""
+    if not spec.report:
+        return
+    try:
+        from analysis.report import validate_report
+    except ImportError:  # analysis is optional for running studies
+        return
+    errs = [_with_line(e.located(file=file), marks) for e in validate_report(spec.report)]
+    if errs:
+        raise errs[0] if len(errs) == 1 else StudyErrors(errs)
+
+
 @dataclass
 class StudyDocument:
     file: str
@@ -236,6 +249,7 @@ def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None,
     except ValidationError as e:
         errs = pydantic_errors(e, StudySpec, file=file, marks=marks)
         raise (errs[0] if len(errs) == 1 else StudyErrors(errs)) from None
+    _check_report(spec, file, marks)
     study = StudyDocument(file=file, spec=spec, raw=doc, marks=marks or {})
     if expand_trials:
         from .space import expand

@@ -34,6 +34,7 @@ from .schema import TRIAL_KEYS
 
 OPERATORS = ("grid", "choice", "uniform", "loguniform", "randint", "expr", "zip")
 _SAMPLED = ("choice", "uniform", "loguniform", "randint")
+MAX_TRIALS = 20_000
 
 
 @dataclass
@@ -117,7 +118,10 @@ def _check(key: str, op: str, arg: Any, file: str) -> None:
             raise StudyError(f"zipped lists differ in length ({sorted(lengths)})", file=file, path=path,
                              expected="lists of the same length")
     elif op == "expr":
-        expr_mod._parse(arg)  # syntax errors early
+        try:
+            expr_mod._parse(arg)  # syntax errors early
+        except StudyError as e:
+            raise e.located(file=file, prefix=path) from None
 
 
 def _draw(op: str, arg: Any, rng: random.Random) -> Any:
@@ -186,6 +190,13 @@ def expand(study) -> list[Trial]:
     expr_order = _order_exprs(exprs, file)
     base_flat = flatten(base)
     keys = [k for k, _ in grids]
+    n_grid = math.prod(len(v) for _, v in grids)
+    if n_grid * spec.tune.num_samples > MAX_TRIALS:
+        # Checked before expanding: a typo like num_samples: 100000000 must not hang validate.
+        raise StudyError(f"the space expands to {n_grid * spec.tune.num_samples} trials "
+                         f"({n_grid} grid points x {spec.tune.num_samples} samples)", file=file,
+                         path="space" if n_grid > MAX_TRIALS else "tune.num_samples",
+                         expected=f"at most {MAX_TRIALS} trials", hint="split the study or shrink the grid")
     combos = list(itertools.product(*[v for _, v in grids])) if grids else [()]
     trials: list[Trial] = []
     rng_master = spec.tune.seed
