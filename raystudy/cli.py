@@ -43,7 +43,6 @@ def cmd_plan(args) -> int:
     rows = [{"trial_id": t.trial_id, **t.params} for t in study.trials]
     print(f"study '{study.name}': {len(study.trials)} trials")
     if args.params:
-        from .data import DataInfo
         from .models import build_model, count_parameters
         from .spec.validate import validate_trial
         counts: dict[str, int] = {}
@@ -76,7 +75,11 @@ def _info_for(dataset: str):
 
 def cmd_run(args) -> int:
     study = _load(args, args.file)
-    from .runner import StudyInterrupted, run_study
+    from .runner import run_study
+    if args.results is None:
+        # Smoke runs go to their own folder: a later full run must not be mistaken for a
+        # changed study (its base config differs) and refused.
+        args.results = os.environ.get("RAYSTUDY_RESULTS") or ("results/smoke" if args.smoke else "results")
     out = Path(args.results) / study.name
     try:
         summary = run_study(study, args.results, address=args.address, max_concurrent=args.max_concurrent,
@@ -171,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     study_opts(sp)
     sp.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
-    sp.add_argument("--results", default=os.environ.get("RAYSTUDY_RESULTS", "results"))
+    sp.add_argument("--results", default=None,
+                    help="results root (default: $RAYSTUDY_RESULTS or results/; results/smoke/ with --smoke)")
     sp.add_argument("--max-concurrent", type=int)
     sp.add_argument("--no-dashboard", action="store_true")
     sp.add_argument("--retry-failed", action="store_true", help="run failed trials again")

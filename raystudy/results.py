@@ -96,7 +96,8 @@ def error_reason(text: str | None) -> str:
 
 def _with_hint(line: str) -> str:
     if "OutOfMemoryError" in line or "out of memory" in line.lower():
-        return line + " (lower train.batch_size / train.eval_batch_size or give the trial more of a GPU)"
+        return line + (" (lower train.batch_size / train.eval_batch_size, or give each trial more memory: "
+                       "a larger resources.gpu share or fewer concurrent trials)")
     return line
 
 
@@ -130,19 +131,12 @@ class ResultStore:
         self.lock = threading.Lock()
 
     def _load(self) -> None:
-        p = self.out / TRIALS
-        if p.exists():
-            df = pd.read_parquet(p)
-            for r in df.to_dict("records"):
-                self.rows[r["trial_id"]] = {k: v for k, v in r.items() if not _isnan(v)}
-        p = self.out / CURVES
-        if p.exists():
-            for r in pd.read_parquet(p).to_dict("records"):
-                self.curves.setdefault(r["trial_id"], []).append(r)
-        p = self.out / EPOCHS
-        if p.exists():
-            for r in pd.read_parquet(p).to_dict("records"):
-                self.epochs.setdefault(r["trial_id"], []).append(r)
+        for r in _read(self.out / TRIALS):
+            self.rows[r["trial_id"]] = {k: v for k, v in r.items() if not _isnan(v)}
+        for r in _read(self.out / CURVES):
+            self.curves.setdefault(r["trial_id"], []).append(r)
+        for r in _read(self.out / EPOCHS):
+            self.epochs.setdefault(r["trial_id"], []).append(r)
 
     def status_of(self, trial_id: str) -> str | None:
         r = self.rows.get(trial_id)
@@ -194,6 +188,21 @@ class ResultStore:
             write_atomic(pd.DataFrame(epochs), self.out / EPOCHS)
 
 
+def _read(path: Path) -> list[dict]:
+    return _read_frame(path).to_dict("records") if path.exists() else []
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable table gets the same advice
+        from .errors import StudyError
+        raise StudyError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                         path="--results",
+                         hint=f"rebuild the tables from the Ray Tune folders with `raystudy collect {path.parent}`"
+                         ) from None
+
+
 def _isnan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
@@ -201,8 +210,8 @@ def _isnan(v) -> bool:
 def load_tables(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves) of a results folder; empty frames if nothing finished yet."""
     out = Path(results_dir)
-    trials = pd.read_parquet(out / TRIALS) if (out / TRIALS).exists() else pd.DataFrame(
+    trials = _read_frame(out / TRIALS) if (out / TRIALS).exists() else pd.DataFrame(
         columns=["trial_id", "status", "error"])
-    curves = pd.read_parquet(out / CURVES) if (out / CURVES).exists() else pd.DataFrame(
+    curves = _read_frame(out / CURVES) if (out / CURVES).exists() else pd.DataFrame(
         columns=["trial_id", "metric", "x"])
     return trials, curves

@@ -75,7 +75,7 @@ def _probe_address(address: str) -> None:
         raise StudyError(f"'{address}' is not a Ray address", path="--address",
                          expected="HOST:PORT, ray://HOST:PORT or auto")
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5):
             pass
     except OSError as e:
         raise StudyError(f"cannot reach the Ray cluster at '{address}' ({e.strerror or e})", path="--address",
@@ -404,6 +404,9 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
         else:
             todo.append(t)
     worker_faults, driver_faults = _faults()
+    if verbose and (worker_faults or driver_faults):
+        _say(f"raystudy: {FAULT_ENV} is set: injecting test faults ({os.environ[FAULT_ENV]}); "
+             "unset it for real studies")
     resume = latest_checkpoints(out, {t.trial_id for t in todo})
     summary.resumed = len(resume)
     if verbose:
@@ -412,6 +415,7 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
              + (f", {len(resume)} resuming from checkpoints" if resume else "")
              + f"; results in {out}")
     if not todo:
+        _after_steps(study, out, verbose)
         summary.wall_s = time.perf_counter() - t0
         return summary
 
@@ -461,7 +465,20 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
     if cb.recorded < len(todo):
         # Tune stops gracefully on the first Ctrl-C and returns; unfinished trials mean that.
         raise StudyInterrupted(summary)
+    _after_steps(study, out, verbose)
+    summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def _after_steps(study: StudyDocument, out: Path, verbose: bool) -> None:
+    """Study-level steps (e.g. transfer attacks) once every trial has finished."""
+    if not study.spec.after:
+        return
+    from .poststeps import run_after_steps
+    written = run_after_steps(study, out)
+    if verbose:
+        for name, path in (written or {}).items():
+            _say(f"raystudy: after-step '{name}' wrote {path}")
 
 
 class StudyCallback:

@@ -257,3 +257,28 @@ def test_at_epochs_adds_curve_rows_without_perturbing_training():
     assert rows[1]["value"] == pytest.approx(f1["hessian.top1"], rel=1e-6)
     assert [e.get("hessian.top1") for e in rep1.epochs] == [r["value"] for r in rows]
     assert not json.loads(f0["_curves"])
+
+
+def test_gcnn_hvps_are_symmetric_and_batching_agrees(mnist_small):
+    # escnn's eval-mode filter cache made a second parameter backward raise (PITFALLS);
+    # the zoo's GCNN expands its filter per forward, so every batched HVP must work.
+    from raystudy.registry import MODELS
+    from raystudy.metrics.hessian import _hessian_session, hvp
+    if "gcnn_mnist" not in MODELS:
+        pytest.skip("escnn GCNN not available")
+    e = MODELS.get("gcnn_mnist")
+    torch.manual_seed(0)
+    m = e.obj(e.schema(channels=[4, 4, 8, 8], hidden=16), mnist_small.info).train()
+    ctx = EvalContext(model=m, data=mnist_small, device=torch.device("cpu"))
+    kw = dict(samples=16, top_n=1, max_iter=20, trace=False)
+    a = hessian(ctx, HessianOptions(batch_size=8, **kw)).scalars["hessian.top1"]
+    b = hessian(ctx, HessianOptions(batch_size=16, **kw)).scalars["hessian.top1"]
+    assert m.training and a == pytest.approx(b, rel=1e-4)
+    x, y = mnist_small.x_train[:16], mnist_small.y_train[:16]
+    with _hessian_session(m, x, y, 8, torch.device("cpu"), 0) as h:
+        g = torch.Generator().manual_seed(0)
+        u = [torch.randn(p.shape, generator=g) for p in h.params]
+        v = [torch.randn(p.shape, generator=g) for p in h.params]
+        uhv = sum((s * t).sum() for s, t in zip(hvp(h, v), u))
+        vhu = sum((s * t).sum() for s, t in zip(hvp(h, u), v))
+    assert uhv.item() == pytest.approx(vhu.item(), rel=1e-3)

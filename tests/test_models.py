@@ -21,26 +21,30 @@ from raystudy.registry import MODELS
 
 MNIST = DataInfo(1, 28, 28, 10, *MNIST_STATS)
 CIFAR = DataInfo(3, 32, 32, 10, *CIFAR10_STATS)
+# The contract does not depend on image size: smaller inputs keep the CPU test quick.
+GRAY = DataInfo(1, 20, 20, 10, *MNIST_STATS)
+COLOR = DataInfo(3, 16, 16, 10, *CIFAR10_STATS)
 
-# Small instances of each model (the contract does not depend on width). A model
-# registered later and missing here is still tested, at its defaults on MNIST input.
+# Small instances of each model (the contract depends on neither width nor input size;
+# vgg16 needs sides divisible by 32). A model registered later and missing here is
+# still tested, at its defaults on MNIST input.
 SMALL = {
-    "stdcnn_mnist": (MNIST, {"channels": [4, 4, 8, 8], "hidden": 16, "batchnorm": True, "dropout": 0.1}),
-    "gcnn_mnist": (MNIST, {"channels": [4, 4, 8, 8], "hidden": 16, "batchnorm": True, "dropout": 0.1}),
-    "gcnn_mnist[c8]": (MNIST, {"group": "c8", "channels": [4, 4, 8, 8], "hidden": 16}),
-    "gcnn_mnist[d4]": (MNIST, {"group": "d4", "channels": [4, 4, 8, 8], "hidden": 16}),
+    "stdcnn_mnist": (GRAY, {"channels": [4, 4, 8, 8], "hidden": 16, "batchnorm": True, "dropout": 0.1}),
+    "gcnn_mnist": (GRAY, {"channels": [4, 4, 8, 8], "hidden": 16, "batchnorm": True, "dropout": 0.1}),
+    "gcnn_mnist[c8]": (GRAY, {"group": "c8", "channels": [4, 4, 8, 8], "hidden": 16}),
+    "gcnn_mnist[d4]": (GRAY, {"group": "d4", "channels": [4, 4, 8, 8], "hidden": 16}),
     "vgg16": (CIFAR, {"width": 1 / 16}),
     "gcnn_vgg16": (CIFAR, {"width": 1 / 16}),
-    "resnet18": (CIFAR, {"width": 1 / 16}),
-    "gcnn_resnet18": (CIFAR, {"width": 1 / 16}),
-    "gcnn_resnet18[c8, no bn]": (CIFAR, {"group": "c8", "width": 1 / 16, "batchnorm": False}),
-    "lenet_madry": (MNIST, {"channels": [4, 8], "hidden": 16}),
-    "resnet_madry": (CIFAR, {"widen": 1, "units": 2}),
-    "resnet_madry[dataset stats]": (CIFAR, {"widen": 1, "units": 1, "per_image": False}),
-    "wrn34_10": (CIFAR, {"depth": 10, "widen": 1}),
-    "sgr_cnn": (MNIST, {"params": [4, 4, 8, 8, 16, 16]}),
-    "sgr_cnn[cifar]": (CIFAR, {"params": [4, 4, 8, 8, 16, 16], "dropout": 0.5}),
-    "mlp": (MNIST, {"hidden": [32, 16], "dropout": 0.1}),
+    "resnet18": (COLOR, {"width": 1 / 16}),
+    "gcnn_resnet18": (COLOR, {"width": 1 / 16}),
+    "gcnn_resnet18[c8, no bn]": (COLOR, {"group": "c8", "width": 1 / 16, "batchnorm": False}),
+    "lenet_madry": (GRAY, {"channels": [4, 8], "hidden": 16}),
+    "resnet_madry": (COLOR, {"widen": 1, "units": 2}),
+    "resnet_madry[dataset stats]": (COLOR, {"widen": 1, "units": 1, "per_image": False}),
+    "wrn34_10": (COLOR, {"depth": 10, "widen": 1}),
+    "sgr_cnn": (GRAY, {"params": [4, 4, 8, 8, 16, 16]}),
+    "sgr_cnn[cifar]": (COLOR, {"params": [4, 4, 8, 8, 16, 16], "dropout": 0.5}),
+    "mlp": (GRAY, {"hidden": [32, 16], "dropout": 0.1}),
 }
 
 

@@ -21,9 +21,8 @@ import pytest
 import torch
 
 from raystudy.cli import main
-from raystudy.errors import StudyError
 from raystudy.results import EPOCHS, PLAN, TRIALS
-from raystudy.runner import StudyInterrupted, check_base, run_study
+from raystudy.runner import check_base, run_study
 from raystudy.spec import load_study
 
 pytestmark = pytest.mark.slow

@@ -63,7 +63,7 @@ def test_budget_attacks_respect_their_budget(trained, mnist_small, name, norm, e
 
 @pytest.mark.parametrize("name,eps", [("fgsm", [0, 0.1]), ("pgd", [0, 0.1]), ("deepfool_batched", [0, 1.0])])
 def test_eps_zero_gives_clean_accuracy_and_full_consistency(trained, mnist_small, name, eps):
-    n = 100
+    n = 60
     res = run(trained, mnist_small, attack=name, eps=eps, n=n, acc_at=[], **({"steps": 3} if name == "pgd" else {}))
     x, y = EvalContext(trained, mnist_small, torch.device("cpu")).subset("test", n, 0)
     clean = (predict(trained, x) == y).float().mean().item()
@@ -92,6 +92,20 @@ def test_pgd_is_at_least_as_strong_as_fgsm(trained, mnist_small):
     f = curve(run(trained, mnist_small, attack="fgsm", eps=[0.15], n=100, acc_at=[]))[0.15]
     p = curve(run(trained, mnist_small, attack="pgd", eps=[0.15], n=100, steps=5, acc_at=[]))[0.15]
     assert p["accuracy"] <= f["accuracy"] + 0.02
+
+
+def test_restarts_only_ever_add_fooled_inputs(trained, mnist_small):
+    # Same seed: the first restart repeats the single run; later ones replace only
+    # inputs that are still classified correctly.
+    one = curve(run(trained, mnist_small, attack="pgd", eps=[0.1], n=60, steps=3, acc_at=[]))[0.1]
+    three = curve(run(trained, mnist_small, attack="pgd", eps=[0.1], n=60, steps=3, restarts=3, acc_at=[]))[0.1]
+    assert three["accuracy"] <= one["accuracy"]
+
+
+def test_autoattack_wrapper_runs_real_autoattack(trained, mnist_small):
+    res = run(trained, mnist_small, attack="autoattack", eps=[0, 0.3], n=16, acc_at=[])
+    assert curve(res)[0.0]["consistency"] == 1.0
+    assert curve(res)[0.3]["accuracy"] == 0.0
 
 
 def test_named_scalars_and_two_attacks_in_one_study(trained, mnist_small):
@@ -127,7 +141,7 @@ def test_mode_restored_rng_untouched_and_reproducible(trained, mnist_small):
 
 
 def test_minimal_attack_curve_counts_perturbation_size(trained, mnist_small):
-    res = run(trained, mnist_small, attack="deepfool_batched", eps=[0, 0.5, 1, 2, 100], n=60, acc_at=[])
+    res = run(trained, mnist_small, attack="deepfool_batched", eps=[0, 0.5, 1, 2, 100], n=40, acc_at=[])
     acc = [r["accuracy"] for r in sorted(res.curves, key=lambda r: r["x"])]
     assert all(b <= a for a, b in zip(acc, acc[1:]))
     # With an unbounded budget every correctly classified input is fooled by DeepFool.

@@ -78,7 +78,7 @@ def test_zero_directions_are_dropped():
 def test_universal_beats_random_of_same_norm(trained, mnist_small, tmp_path):
     ctx = EvalContext(model=trained, data=mnist_small, device=torch.device("cpu"), artifacts=tmp_path)
     o = SVDUniversalOptions(attacks=["fgsm", "gradient", "deepfool"], n_fit=64, n_eval=300, l2=[0, 3, 6],
-                            linf=[0.2], random_draws=1)
+                            linf=[0.2], random_draws=1, deepfool_steps=10)
     was_training = trained.training
     res = svd_universal(ctx, o)
     assert trained.training == was_training

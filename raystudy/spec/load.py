@@ -250,6 +250,15 @@ def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None,
         errs = pydantic_errors(e, StudySpec, file=file, marks=marks)
         raise (errs[0] if len(errs) == 1 else StudyErrors(errs)) from None
     _check_report(spec, file, marks)
+    if spec.after:
+        from ..poststeps import validate_after
+        try:
+            validate_after(spec.after, file)
+        except StudyErrors as e:
+            errs = [_with_line(x, marks) for x in e.errors]
+            raise StudyErrors(errs) from None
+        except StudyError as e:
+            raise _with_line(e, marks) from None
     study = StudyDocument(file=file, spec=spec, raw=doc, marks=marks or {})
     if expand_trials:
         from .space import expand

@@ -34,7 +34,9 @@ from .schema import TRIAL_KEYS
 
 OPERATORS = ("grid", "choice", "uniform", "loguniform", "randint", "expr", "zip")
 _SAMPLED = ("choice", "uniform", "loguniform", "randint")
-MAX_TRIALS = 20_000
+# A guard against typos like num_samples: 100000000 (expansion would run for hours);
+# large enough for the 100,000-trial grid of benchmarks/bench_space.py.
+MAX_TRIALS = 200_000
 
 
 @dataclass

@@ -1,0 +1,191 @@
+"""Every bad input of issue 9: a clear message that names the key path, exit code 2,
+never a traceback. Each row is (id, study text or edit, extra argv, path, words)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from raystudy.cli import main
+
+GOOD = """\
+name: bad
+data: {dataset: synthetic, train_size: 64, test_size: 32}
+model: {arch: stdcnn_mnist, channels: [4, 4, 8, 8], hidden: 16}
+train:
+  epochs: 1
+  batch_size: 32
+  optimizer: {name: sgd, lr: 0.05}
+  method: {name: natural}
+  augment: {rotation: 0}
+space:
+  seed: {grid: [0, 1]}
+evaluate: [accuracy]
+resources: {cpu: 1, gpu: 0}
+"""
+
+
+def edit(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new)
+
+
+SPACE = "  seed: {grid: [0, 1]}"
+LR = "  train.optimizer.lr: {expr: %s}"
+
+# (id, study text, path the message must name, words it must contain)
+VALIDATE_CASES = [
+    # malformed YAML: no key path exists yet, so line and column stand in for it
+    ("yaml-unclosed-list", edit("  batch_size: 32", "  batch_size: [32"), "line 7, column", "malformed YAML"),
+    ("yaml-tab", edit("  epochs: 1", "\tepochs: 1"), "line 5, column 1", "malformed YAML"),
+    ("yaml-not-a-mapping", "- name: bad\n", "bad.yaml: ", "must be a mapping"),
+    # unknown keys and names, with a suggestion
+    ("unknown-top-key", edit("train:", "trian:"), "trian", "did you mean 'train'"),
+    ("unknown-nested-key", edit("  batch_size: 32", "  batch_sise: 32"), "train.batch_sise",
+     "did you mean 'batch_size'"),
+    ("unknown-arch", edit("arch: stdcnn_mnist", "arch: stdcnn_mnsit"), "model.arch", "did you mean 'stdcnn_mnist'"),
+    ("unknown-model-option", edit("hidden: 16", "hiden: 16"), "model.hiden", "did you mean 'hidden'"),
+    ("unknown-optimizer", edit("{name: sgd, lr: 0.05}", "{name: sdg, lr: 0.05}"), "train.optimizer.name",
+     "did you mean 'sgd'"),
+    ("unknown-method", edit("{name: natural}", "{name: pgd}"), "train.method.name", "unknown training method"),
+    ("unknown-method-option", edit("{name: natural}", "{name: pgd_at, epsilon: 0.3}"), "train.method.epsilon",
+     "did you mean 'eps'"),
+    ("unknown-metric", edit("evaluate: [accuracy]", "evaluate: [acuracy]"), "evaluate.0", "did you mean 'accuracy'"),
+    ("unknown-dataset", edit("dataset: synthetic", "dataset: minst"), "data.dataset", "did you mean 'mnist'"),
+    ("missing-model", edit("model: {arch: stdcnn_mnist, channels: [4, 4, 8, 8], hidden: 16}\n", ""), "model",
+     "required key is missing"),
+    # wrong types
+    ("epochs-word", edit("  epochs: 1", "  epochs: three"), "train.epochs", "valid integer"),
+    ("batch-list", edit("  batch_size: 32", "  batch_size: [32]"), "train.batch_size", "valid integer"),
+    ("lr-string", edit("lr: 0.05}", "lr: fast}"), "train.optimizer.lr", "number"),
+    ("augment-not-mapping", edit("  augment: {rotation: 0}", "  augment: 30"), "train.augment", "dictionary"),
+    # out of range
+    ("negative-epochs", edit("  epochs: 1", "  epochs: -3"), "train.epochs", "greater than or equal to 0"),
+    ("batch-zero", edit("  batch_size: 32", "  batch_size: 0"), "train.batch_size", "greater than or equal to 1"),
+    ("eps-above-1", edit("{name: natural}", "{name: pgd_at, eps: 1.5}"), "train.method.eps", "outside [0, 1]"),
+    ("eps-negative", edit("{name: natural}", "{name: pgd_at, eps: -0.1}"), "train.method.eps", "outside [0, 1]"),
+    ("eps-in-space", edit("{name: natural}", "{name: pgd_at}").replace(SPACE, "  train.method.eps: {grid: [8/255, 2]}"),
+     "train.method.eps", "outside [0, 1]"),
+    ("theta-above-180", edit("{rotation: 0}", "{rotation: 270}"), "train.augment.rotation", "outside [0, 180]"),
+    ("theta-negative", edit("{rotation: 0}", "{rotation: -5}"), "train.augment.rotation", "outside [0, 180]"),
+    ("gpu-fraction-above-1", edit("gpu: 0}", "gpu: 1.5}"), "resources.gpu", "GPU fraction above 1"),
+    ("cpu-zero", edit("{cpu: 1,", "{cpu: 0,"), "resources.cpu", "greater than 0"),
+    ("val-fraction-1", edit("test_size: 32}", "test_size: 32, val_fraction: 1.0}"), "data.val_fraction", "less than 1"),
+    # empty grids and broken space entries
+    ("empty-grid", edit(SPACE, "  seed: {grid: []}"), "space.seed.grid", "empty 'grid'"),
+    ("empty-choice", edit(SPACE, "  seed: {choice: []}"), "space.seed.choice", "empty 'choice'"),
+    ("zip-uneven", edit(SPACE, "  pair: {zip: {seed: [0, 1], train.epochs: [1]}}"), "space.pair.zip", "differ in length"),
+    ("uniform-reversed", edit(SPACE, "  train.optimizer.lr: {uniform: [0.1, 0.01]}"), "space.train.optimizer.lr.uniform",
+     "low < high"),
+    ("too-many-trials", edit("resources:", "tune: {num_samples: 100000000}\nresources:"), "tune.num_samples",
+     "expands to 200000000 trials"),
+    # expr: unknown names, anything beyond arithmetic / comparison / conditionals
+    ("expr-unknown-name", edit(SPACE, LR % '"0.1 * train.batch_sise / 128"'), "space.train.optimizer.lr.expr",
+     "did you mean 'train.batch_size'"),
+    ("expr-syntax", edit(SPACE, LR % '"0.1 *"'), "space.train.optimizer.lr.expr", "cannot parse"),
+    ("expr-import", edit(SPACE, LR % '"__import__(\'os\').system(\'true\')"'), "space.train.optimizer.lr.expr",
+     "function call not allowed"),
+    ("expr-untaken-branch", edit(SPACE, LR % '"0.1 if True else open(\'/etc/passwd\')"'),
+     "space.train.optimizer.lr.expr", "function call not allowed"),
+    ("expr-lambda", edit(SPACE, LR % '"(lambda: 1)()"'), "space.train.optimizer.lr.expr", "not allowed"),
+    ("expr-comprehension", edit(SPACE, LR % '"[x for x in [1]]"'), "space.train.optimizer.lr.expr", "ListComp"),
+    ("expr-dunder", edit(SPACE, LR % '"(1).__class__"'), "space.train.optimizer.lr.expr", "attribute access"),
+    ("expr-subscript", edit(SPACE, LR % '"train.optimizer[0]"'), "space.train.optimizer.lr.expr", "Subscript"),
+    ("expr-walrus", edit(SPACE, LR % '"(x := 1)"'), "space.train.optimizer.lr.expr", "NamedExpr"),
+    ("expr-in", edit(SPACE, LR % '"1 in [1]"'), "space.train.optimizer.lr.expr", "comparison In"),
+    ("expr-huge-int", edit(SPACE, LR % '"((9 ** 64) ** 64) ** 64"'), "space.train.optimizer.lr.expr", "too large"),
+    ("expr-complex", edit(SPACE, LR % '"(-8) ** 0.5"'), "space.train.optimizer.lr.expr", "not a real number"),
+    ("expr-div-zero", edit(SPACE, LR % '"1 / 0"'), "space.train.optimizer.lr.expr", "division by zero"),
+    ("expr-cycle", edit(SPACE, "  a: {expr: 'b + 1'}\n  b: {expr: 'a + 1'}"), "space", "cycle"),
+]
+
+
+def _run(argv, capsys):
+    rc = main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.err + cap.out
+
+
+def _assert_clean(rc, text, path, words):
+    assert rc == 2, text
+    assert path in text, f"the message should name {path!r}: {text}"
+    assert words in text, text
+    assert "Traceback" not in text
+    assert text.startswith("error: ")
+
+
+@pytest.mark.parametrize("case", VALIDATE_CASES, ids=[c[0] for c in VALIDATE_CASES])
+def test_bad_study_file(case, tmp_path, capsys):
+    _, text, path, words = case
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    rc, out = _run(["validate", str(f)], capsys)
+    _assert_clean(rc, out, path, words)
+    assert str(f) in out
+    # `run` refuses the same file before anything starts.
+    rc, out = _run(["run", str(f), "--results", str(tmp_path / "r"), "--no-dashboard"], capsys)
+    _assert_clean(rc, out, path, words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_good_study_is_accepted(tmp_path, capsys):
+    """The control: the study every case above breaks in one place validates."""
+    f = tmp_path / "good.yaml"
+    f.write_text(GOOD)
+    rc, out = _run(["validate", str(f)], capsys)
+    assert rc == 0 and "2 trials" in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", ["missing-dataset", "unreachable-address", "bad-address", "unwritable-results",
+                                  "bad-set", "unknown-profile", "missing-file", "bad-fault-hook"])
+def test_bad_run_inputs(case, tmp_path, capsys, monkeypatch):
+    f = tmp_path / "s.yaml"
+    f.write_text(GOOD)
+    res = tmp_path / "results"
+    argv = ["run", str(f), "--results", str(res), "--no-dashboard"]
+    if case == "missing-dataset":
+        # CIFAR-10 files absent: caught in the driver while loading data, before Ray starts.
+        (tmp_path / "empty").mkdir()
+        f.write_text(edit("dataset: synthetic", f"dataset: cifar10, root: '{tmp_path / 'empty'}'"))
+        path, words = "data.root", "CIFAR-10 files not found"
+    elif case == "unreachable-address":
+        argv += ["--address", f"127.0.0.1:{_free_port()}"]
+        path, words = "--address", "cannot reach the Ray cluster"
+    elif case == "bad-address":
+        argv += ["--address", "no-port-here"]
+        path, words = "--address", "not a Ray address"
+    elif case == "unwritable-results":
+        blocker = tmp_path / "a-file"
+        blocker.write_text("x")
+        argv[argv.index(str(res))] = str(blocker / "results")
+        path, words = "--results", "not writable"
+    elif case == "bad-set":
+        argv += ["--set", "train.epochs=-1"]
+        path, words = "train.epochs", "greater than or equal to 0"
+    elif case == "unknown-profile":
+        argv += ["--profile", "gpu"]
+        path, words = "profiles", "unknown profile 'gpu'"
+    elif case == "missing-file":
+        argv[1] = str(tmp_path / "nope.yaml")
+        path, words = "nope.yaml", "file not found"
+    elif case == "bad-fault-hook":
+        monkeypatch.setenv("RAYSTUDY_FAULT", "explode@1")
+        path, words = "RAYSTUDY_FAULT", "cannot read"
+    rc, out = _run(argv, capsys)
+    _assert_clean(rc, out, path, words)
+
+
+@pytest.mark.slow  # starts the shared local Ray when run alone
+def test_resources_no_node_can_satisfy(ray_local, tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text(edit("{cpu: 1, gpu: 0}", "{cpu: 64, gpu: 0}"))
+    rc, out = _run(["run", str(f), "--results", str(tmp_path / "r"), "--no-dashboard"], capsys)
+    _assert_clean(rc, out, "resources", "no node can satisfy cpu=64")
+    assert "largest node: cpu=2" in out
