@@ -127,6 +127,8 @@ def fit(parsed, model: nn.Module, data, device: torch.device, *,
             sched.step()
             # One host sync per epoch: the NaN check rides on the epoch's loss sum.
             mean_loss = (loss_sum / max(1, batches)).item()
+            # The .item() above waited for the device, so this is the training time alone.
+            train_s = time.perf_counter() - t0
             if cfg.fail_on_nonfinite and not math.isfinite(mean_loss):
                 raise NonFiniteLoss(f"loss became {mean_loss} in epoch {total_before + e + 1} "
                                     f"(stage {si}, lr {lr:g}); lower the learning rate")
@@ -142,6 +144,7 @@ def fit(parsed, model: nn.Module, data, device: torch.device, *,
                 "augment.translation": float(state.augment.translation),
                 "epoch_time_s": time.perf_counter() - t0,
                 "images_per_s": n / max(1e-9, time.perf_counter() - t0),
+                "train_images_per_s": n / max(1e-9, train_s),
             }
             for k, v in log_sums.items():
                 metrics[k] = (v / max(1, batches)).item() if torch.is_tensor(v) else v / max(1, batches)

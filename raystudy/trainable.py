@@ -133,6 +133,8 @@ class TuneReporter:
 
     def _extras(self) -> dict:
         return {"resumed_from_epoch": self.resumed_from_epoch,
+                # Which node ran the trial: shows how a cluster spread the study.
+                "node_id": _node_id(),
                 "_history": json.dumps([{k: json_safe(v) for k, v in h.items()} for h in self.history])}
 
     def final(self, metrics: dict) -> None:
@@ -180,6 +182,14 @@ def _quiet_worker_logs() -> None:
     # warnings and errors still reach the console.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests) there is no node
+        return None
 
 
 def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> None:

@@ -77,6 +77,16 @@ def fresh(case: str) -> torch.nn.Module:
     return copy.deepcopy(_built[case]).train()
 
 
+_other: dict[str, torch.nn.Module] = {}
+
+
+def other(case: str) -> torch.nn.Module:
+    """A differently initialized instance (train mode), to load checkpoints into."""
+    if case not in _other:
+        _other[case] = build(case, seed=123)
+    return copy.deepcopy(_other[case]).train()
+
+
 def batch(case: str, n: int = 4, seed: int = 1):
     info = SMALL.get(case, (MNIST, {}))[0]
     g = torch.Generator().manual_seed(seed)
@@ -156,14 +166,14 @@ def test_state_dict_round_trip_across_modes(case, save_mode, load_mode):
     buf = io.BytesIO()
     torch.save(src.state_dict(), buf)
     buf.seek(0)
-    dst = build(case, seed=123)
+    dst = other(case)
     getattr(dst, load_mode)()
     dst.load_state_dict(torch.load(buf, weights_only=True), strict=True)
     src.eval()
     dst.eval()
     with torch.no_grad():
         torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
-        assert not torch.equal(build(case, seed=123).eval()(x), src(x))
+        assert not torch.equal(other(case).eval()(x), src(x))
 
 
 @pytest.mark.parametrize("case", CASES)
