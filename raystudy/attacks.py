@@ -170,7 +170,10 @@ def deepfool_batched(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | N
     boundary among its candidate classes; the perturbation is (1 + overshoot) times
     the accumulated step. `labels` defaults to the model's own predictions (the
     distance to its decision boundary); inputs already not predicted as their label
-    count as fooled with a zero perturbation, as in torchattacks.
+    count as fooled with a zero perturbation, as in torchattacks. With `clamp` the
+    iterate stays in [0, 1] and each step ignores pixels already at the box edge in the
+    direction it would push them (otherwise DeepFool stalls on black backgrounds);
+    `clamp=False` is the original, unconstrained algorithm.
     """
     advs, fooled, used, ks = [], [], [], []
     with input_grad_only(model):

@@ -65,7 +65,9 @@ def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> t
     for m in parsed.metrics:
         t0 = time.perf_counter()
         res = m.obj(ctx, m.options)
-        timings[f"time.{m.name}_s"] = time.perf_counter() - t0
+        # A metric may be declared twice (fgsm and pgd robustness): add up its time.
+        key = f"time.{m.name}_s"
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
         scalars.update(res.scalars)
         curves.extend(res.curves)
     return scalars, curves, timings

@@ -38,7 +38,8 @@ with its autograd graph attached: deepcopy of an eval-mode model raises, a secon
 parameter-gradient backward in eval mode raises, and `.eval()` under no_grad leaves
 parameter gradients None. These models never hold an R2Conv: `EqConv2d` takes the
 R2Conv's weights, bias and basis expansion (plain torch modules) and expands the
-filter on every forward (about 1 ms, negligible next to the conv), so attacks,
+filter on every forward (one small matmul; 0.5 ms for a 16->16-field C8 layer,
+against 500 ms for that conv on 128 images), so attacks,
 Hessians (double backward), state_dict save/load across modes and deepcopy behave
 as for any torch model.
 """

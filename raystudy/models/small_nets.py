@@ -94,5 +94,5 @@ class MLP(nn.Module):
 
 @MODELS.register("mlp", MLPOptions)
 def mlp(opts: MLPOptions, info) -> nn.Module:
-    """A fully-connected ReLU baseline (Kamath et al., supp. Table 8, use an MLP on CIFAR-10)."""
+    """A fully-connected ReLU baseline (the MLP of Kamath et al., supp. Table 8, on CIFAR-10)."""
     return MLP(opts, info)
