@@ -333,7 +333,10 @@ def table_chart(df: pd.DataFrame, rows: str, columns: Mapping[str, str], *, titl
     order = list(columns)
     row_order = list(dict.fromkeys(df[rows].tolist()))
     base = alt.Chart(data).encode(
-        x=alt.X("column", type="nominal", sort=order, title=None, axis=alt.Axis(orient="top", labelAngle=0)),
+        # An explicit domain as well as the sort: in a layered chart Vega-Lite otherwise
+        # merges the two layers' domains alphabetically.
+        x=alt.X("column", type="nominal", sort=order, scale=alt.Scale(domain=order), title=None,
+                axis=alt.Axis(orient="top", labelAngle=0)),
         y=alt.Y(f[rows], type="nominal", sort=row_order, title=rows))
     rect = base.mark_rect(stroke="white").encode(
         color=alt.Color("shade", type="quantitative", scale=alt.Scale(scheme="greens", domain=[0, 1]),

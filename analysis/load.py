@@ -225,6 +225,11 @@ def load(results_dir: str | Path) -> Tables:
              if p.name not in (TRIALS, CURVES, EPOCHS)}
     tables = Tables(path=out, name=plan.get("name", out.name), trials=trials, curves=curves,
                     epochs=epochs, plan=plan, extra=extra)
-    keys = [k for k in tables.varied if k != "seed"]
-    tables.trials["label"] = [_label(r, keys) for _, r in tables.trials.iterrows()] if len(trials) else []
+    keys = [k for k in tables.varied if k not in ("seed", "label")]
+    made = [_label(r, keys) for _, r in tables.trials.iterrows()] if len(trials) else []
+    if "label" in tables.trials.columns and tables.trials["label"].notna().any():
+        # The study named its rows itself (a free variable `label`): keep those names.
+        tables.trials["label"] = tables.trials["label"].where(tables.trials["label"].notna(), made)
+    else:
+        tables.trials["label"] = made
     return tables

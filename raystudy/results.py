@@ -63,7 +63,8 @@ def write_json_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+            # Key order is kept: it carries meaning (report columns, config order as written).
+            json.dump(obj, f, indent=1, default=str)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
