@@ -419,6 +419,8 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
         summary.wall_s = time.perf_counter() - t0
         return summary
 
+    root = str(Path(results).resolve())
+    _check_warm_starts(todo, root)
     bundles = _load_data(study, todo)
     from ray import tune
 
@@ -439,6 +441,8 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
             d["resume_from"] = resume[t.trial_id]
         if worker_faults:
             d["faults"] = worker_faults
+        # Where `init_from: {study: NAME}` looks, in the worker too (on any node).
+        d["results_root"] = root
         trials.append(d)
     tuner = tune.Tuner(
         fn,
@@ -468,6 +472,19 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
     _after_steps(study, out, verbose)
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def _check_warm_starts(todo: list, root: str) -> None:
+    """Resolve every `train.init_from` before Ray starts: a typo in `match`, or a source
+    study that has not run, is one clear error now instead of N failed trials later."""
+    os.environ["RAYSTUDY_RESULTS"] = root
+    from .warmstart import checkpoint_file, find_trial, parse
+    for t in todo:
+        init = (t.config.get("train") or {}).get("init_from")
+        if init:
+            spec = parse(init)
+            tid, src = find_trial(spec)
+            checkpoint_file(tid, src)
 
 
 def _after_steps(study: StudyDocument, out: Path, verbose: bool) -> None:

@@ -196,6 +196,8 @@ def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> N
     _quiet_worker_logs()
     trial = config["trial"]
     set_threads(cpus)
+    if trial.get("results_root"):
+        os.environ["RAYSTUDY_RESULTS"] = trial["results_root"]
     bundle = bundles[data_key(trial["config"].get("data", {}))]
     train_cfg = trial["config"].get("train", {})
     stages = train_cfg.get("stages")

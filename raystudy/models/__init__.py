@@ -6,13 +6,9 @@ Importing this package registers every model.
 
 from . import stdcnn  # noqa: F401
 
-try:  # GCNNs need escnn; the rest of the zoo must not break without it.
-    from . import gcnn  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from . import zoo  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+# gcnn imports escnn only when a GCNN is built, so a broken import here is a real bug
+# and must not silently unregister models.
+from . import gcnn  # noqa: F401,E402
+from . import zoo  # noqa: F401,E402
 
 from .base import build_model, count_parameters  # noqa: E402,F401

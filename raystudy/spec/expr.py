@@ -185,15 +185,14 @@ def _eval(node: ast.AST, env: Mapping[str, Any], source: str) -> Any:
             v = _num(v, source)
         return _UNARY[type(node.op)](v)
     if isinstance(node, ast.BoolOp):
-        vals = [_eval(v, env, source) for v in node.values]
-        if isinstance(node.op, ast.And):
-            out = True
-            for v in vals:
-                out = out and v
-            return out
-        out = False
-        for v in vals:
-            out = out or v
+        # Short-circuit like Python: `x != 0 and 1 / x > 0` must not divide by zero.
+        out = isinstance(node.op, ast.And)
+        for v in node.values:
+            out = _eval(v, env, source)
+            if isinstance(node.op, ast.And) and not out:
+                return out
+            if isinstance(node.op, ast.Or) and out:
+                return out
         return out
     if isinstance(node, ast.Compare):
         left = _eval(node.left, env, source)

@@ -241,6 +241,11 @@ def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None,
         doc = apply_overrides(doc, profiles[profile], file)
     if smoke:
         doc = apply_overrides(doc, SMOKE_DEFAULTS, file)
+        stages = ((doc.get("train") or {}).get("stages") if isinstance(doc.get("train"), dict) else None)
+        if isinstance(stages, list):
+            # A staged study ignores train.epochs: shrink every stage as well.
+            doc = apply_overrides(doc, {f"train.stages.{i}.epochs": 1 for i, st in enumerate(stages)
+                                        if isinstance(st, dict)}, file)
         doc = apply_overrides(doc, dict(raw.get("smoke") or {}), file)
     if sets:
         doc = apply_overrides(doc, dict(parse_set(s) for s in sets), file)

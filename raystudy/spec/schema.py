@@ -103,6 +103,13 @@ class TuneSpec(Strict):
     seed: int = 0
 
 
+def _device(v: str) -> str:
+    import re
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+        raise ValueError(f"unknown device '{v}': use auto, cpu, cuda, cuda:N or mps")
+    return v
+
+
 class TrialConfig(Strict):
     """Everything one trial needs; the unit that is hashed, validated and shipped to Ray."""
 
@@ -112,6 +119,8 @@ class TrialConfig(Strict):
     model: dict[str, Any]
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: list[Any] = Field(default_factory=lambda: ["accuracy"])
+
+    _check_device = field_validator("device")(classmethod(lambda cls, v: _device(v)))
 
     @field_validator("model")
     @classmethod
@@ -142,6 +151,8 @@ class StudySpec(Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Study-level steps that run after all trials (e.g. transfer attacks).
     after: list[Any] = Field(default_factory=list)
+
+    _check_device = field_validator("device")(classmethod(lambda cls, v: _device(v)))
 
     @model_validator(mode="after")
     def _space_keys(self):

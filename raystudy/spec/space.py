@@ -205,7 +205,9 @@ def expand(study) -> list[Trial]:
     idx = 0
     for sample in range(spec.tune.num_samples):
         for combo in combos:
-            rng = random.Random(f"{rng_master}:{sample}:{idx}")
+            # Seeded by the grid point's values, not its position: widening a grid must not
+            # change the draws (and so the ids) of trials that already ran.
+            rng = random.Random(f"{rng_master}:{sample}:{canonical(list(zip(keys, combo)))}")
             values: dict[str, Any] = dict(consts)
             for k, v in zip(keys, combo):
                 values[k] = v
