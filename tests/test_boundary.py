@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
 from raystudy.attacks import deepfool_batched
 from raystudy.metrics import EvalContext, predict
-from raystudy.registry import METRICS, MODELS
+from raystudy.registry import METRICS
 
 
-def train_stdcnn(data, epochs: int = 1, seed: int = 0):
-    torch.manual_seed(seed)
-    entry = MODELS.get("stdcnn_mnist")
-    model = entry.obj(entry.schema(), data.info)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(data.x_train))
-        for i in range(0, len(perm), 50):
-            idx = perm[i:i + 50]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+from helpers import train_stdcnn  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,31 +6,17 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raystudy.augment import transform
 from raystudy.errors import StudyError
 from raystudy.metrics import EvalContext, predict
 from raystudy.metrics.invariance import _params
-from raystudy.registry import METRICS, MODELS
+from raystudy.registry import METRICS
 from raystudy.spec.validate import validate_trial
 
 
-def train_stdcnn(data, epochs: int = 1, seed: int = 0):
-    torch.manual_seed(seed)
-    entry = MODELS.get("stdcnn_mnist")
-    model = entry.obj(entry.schema(), data.info)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(data.x_train))
-        for i in range(0, len(perm), 50):
-            idx = perm[i:i + 50]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+from helpers import train_stdcnn  # noqa: E402
 
 
 class C4Average(nn.Module):
