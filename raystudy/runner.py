@@ -477,14 +477,23 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
 def _check_warm_starts(todo: list, root: str) -> None:
     """Resolve every `train.init_from` before Ray starts: a typo in `match`, or a source
     study that has not run, is one clear error now instead of N failed trials later."""
-    os.environ["RAYSTUDY_RESULTS"] = root
     from .warmstart import checkpoint_file, find_trial, parse
-    for t in todo:
-        init = (t.config.get("train") or {}).get("init_from")
-        if init:
-            spec = parse(init)
-            tid, src = find_trial(spec)
-            checkpoint_file(tid, src)
+    before = os.environ.get("RAYSTUDY_RESULTS")
+    # `init_from: {study: NAME}` looks under the results root of this run; set it only for
+    # the lookup so the driver process is left as it was.
+    os.environ["RAYSTUDY_RESULTS"] = root
+    try:
+        for t in todo:
+            init = (t.config.get("train") or {}).get("init_from")
+            if init:
+                spec = parse(init)
+                tid, src = find_trial(spec)
+                checkpoint_file(tid, src)
+    finally:
+        if before is None:
+            os.environ.pop("RAYSTUDY_RESULTS", None)
+        else:
+            os.environ["RAYSTUDY_RESULTS"] = before
 
 
 def _after_steps(study: StudyDocument, out: Path, verbose: bool) -> None:
