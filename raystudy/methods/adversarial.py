@@ -9,7 +9,6 @@ the input only so no parameter gradient leaks into the optimizer step.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Literal
 
 import torch
@@ -19,28 +18,18 @@ from torch import nn
 
 from ..registry import METHODS, Options
 from ..spec.types import Eps, Number
+from ..metrics.base import evaluation_mode
 from .base import Method, TrainState
 
 # YAML reads a bare `true` as a boolean; it means the true labels here.
 Labels = Annotated[Literal["true", "predicted"], BeforeValidator(lambda v: "true" if v is True else v)]
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode (fixed BatchNorm statistics, no dropout) while attacking; mode restored after."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
 @torch.no_grad()
 def predicted_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's most likely labels: attacking them instead of the true ones avoids label
     leaking (Kurakin et al., 2017; the SGR paper's adversarially augmented training)."""
-    with eval_mode(model):
+    with evaluation_mode(model):
         return model(x).argmax(1)
 
 
@@ -60,7 +49,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     """x + ε·sign(∇ₓℓ), clipped to [0, 1] (Goodfellow et al., 2015). Eval mode, detached."""
     if eps == 0:
         return x.detach()
-    with eval_mode(model):
+    with evaluation_mode(model):
         g = input_grad(model, x, y)
     return (x.detach() + eps * g.sign()).clamp_(0.0, 1.0)
 
@@ -72,7 +61,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     x = x.detach()
     if eps == 0 or steps == 0:
         return x
-    with eval_mode(model):
+    with evaluation_mode(model):
         if random_start:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_adv = (x + (2 * noise - 1) * eps).clamp_(0.0, 1.0)

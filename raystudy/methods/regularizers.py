@@ -24,7 +24,8 @@ from pydantic import Field
 from ..errors import StudyError
 from ..registry import METHODS, Options
 from ..spec.types import Eps, Number
-from .adversarial import Labels, attack_labels, eval_mode, fgsm, input_grad, pgd
+from ..metrics.base import evaluation_mode
+from .adversarial import Labels, attack_labels, fgsm, input_grad, pgd
 from .base import Method
 
 DENSE_MAX_DIM = 4096
@@ -217,7 +218,7 @@ class StructuredGradient(GradientNorm):
             return pgd(model, x, ya, o.eps, o.step_size, o.steps, o.random_start, state.generator) - x
         if o.source == "fgsm":
             return fgsm(model, x, ya, o.eps) - x
-        with eval_mode(model):
+        with evaluation_mode(model):
             g = input_grad(model, x, ya)
         return g if o.source == "gradient" else g.sign()
 

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from ..registry import METHODS, Options
 from ..spec.types import Eps, Number
-from .adversarial import eval_mode
+from ..metrics.base import evaluation_mode
 from .base import Method
 
 
@@ -45,7 +45,7 @@ def trades_attack(model, x: torch.Tensor, eps: float, step_size: float, steps: i
     x = x.detach()
     if eps == 0:
         return x
-    with eval_mode(model), torch.enable_grad():
+    with evaluation_mode(model), torch.enable_grad():
         with torch.no_grad():
             p_nat = F.softmax(model(x), dim=1)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
