@@ -43,7 +43,8 @@ def demo_trials(seeds=(0, 1, 2), methods=("natural", "pgd_at"), rotations=(0, 18
                 params = {"train.method.name": m, "train.augment.rotation": r, "seed": s}
                 tid = f"{m[:3]}{r:03d}s{s}"
                 cfg = {"seed": s, "model": {"arch": "stdcnn_mnist"}, "data": {"dataset": "mnist"},
-                       "train": {"method": {"name": m}, "augment": {"rotation": r}}}
+                       "train": {"method": {"name": m}, "augment": {"rotation": r},
+                                         "optimizer": {"name": "sgd", "momentum": 0.9}}}
                 out.append({"trial_id": tid, "params": params, "config": cfg})
     return out
 

@@ -49,6 +49,8 @@ class Tables:
     epochs: pd.DataFrame
     plan: dict = field(default_factory=dict)
     extra: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # Fixed config values added as columns on demand (add_config_column).
+    added: list[str] = field(default_factory=list)
 
     @property
     def report(self) -> list[dict]:
@@ -66,10 +68,30 @@ class Tables:
             keys = [c for c in self.trials.columns if "." in c and c in STANDARD_COLUMNS]
         return [k for k in keys if k in self.trials.columns]
 
+    def add_config_column(self, path: str) -> bool:
+        """Add the config value at `path` (e.g. train.optimizer.momentum) as a column, read from
+        each trial's config in study.json. trials.parquet holds only what the study varies, but a
+        chart may facet or colour by a value that a profile holds fixed: it then gets one facet.
+        True when every trial of the table has the path."""
+        from raystudy.spec.paths import get_path, has_path
+        if path in self.trials.columns:
+            return True
+        cfgs = {t["trial_id"]: t.get("config", {}) for t in self.plan.get("trials", [])}
+        if not len(self.trials) or not all(tid in cfgs and has_path(cfgs[tid], path)
+                                           for tid in self.trials["trial_id"]):
+            return False
+        vals = [get_path(cfgs[tid], path) for tid in self.trials["trial_id"]]
+        if any(isinstance(v, (dict, list)) for v in vals):
+            return False
+        self.trials[path] = vals
+        self.added.append(path)
+        return True
+
     @property
     def config_columns(self) -> list[str]:
         cols = list(self.varied)
         cols += [c for c in STANDARD_COLUMNS if c in self.trials.columns and c not in cols]
+        cols += [c for c in self.added if c not in cols]
         return cols
 
     @property

@@ -217,7 +217,7 @@ def _where(tables: Tables, where: dict, i: int) -> pd.DataFrame:
 
 
 def _need(tables: Tables, col: str | None, path: str) -> None:
-    if col and col not in tables.trials.columns:
+    if col and col not in tables.trials.columns and not tables.add_config_column(col):
         known = [c for c in tables.trials.columns if c not in ("error",)]
         best = suggest(col, known)
         raise StudyError(f"no column '{col}' in trials.parquet", path=path,

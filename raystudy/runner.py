@@ -241,6 +241,11 @@ def _move_aside(out: Path) -> Path:
     return dest
 
 
+def _covered(key: str, varied: set[str]) -> bool:
+    key = key[len("space."):] if key.startswith("space.") else key
+    return any(key == v or key.startswith(v + ".") for v in varied)
+
+
 def check_base(study: StudyDocument, out: Path, force_new: bool) -> Path | None:
     """Refuse to mix results of a changed base config; with force_new move the old ones aside."""
     has_results = (out / TRIALS).exists() or any(out.glob("tune-*")) or (out / PLAN).exists()
@@ -258,7 +263,18 @@ def check_base(study: StudyDocument, out: Path, force_new: bool) -> Path | None:
     new = base_fingerprint(study)
     if _hash(old) == _hash(new):
         return None
-    changed = _changed_keys(old, new)
+    old_varied = set(old_plan.get("varied") or
+                     {k for t in old_plan.get("trials", []) for k in (t.get("params") or {})})
+    new_varied = varied_paths(study)
+    # A path that one run varied and the other holds fixed (`--set train.augment.rotation=90`
+    # pins an axis; dropping the pin widens it again) selects other trials of the same study:
+    # their ids decide what is reused, so it is not a change of the base.
+    changed = [k for k in _changed_keys(old, new)
+               if not ((k not in old and _covered(k, old_varied)) or (k not in new and _covered(k, new_varied)))]
+    if not changed:
+        return None
+    old = {k: v for k, v in old.items() if k in changed}
+    new = {k: v for k, v in new.items() if k in changed}
     raise StudyError(
         f"the study's base config changed since the results in {out} were recorded:\n"
         + "\n".join(_diff(old, new)) + "\n",
@@ -276,6 +292,7 @@ def plan_record(study: StudyDocument) -> dict:
         "base": study.base_config(),
         "base_fingerprint": fp,
         "base_hash": _hash(fp),
+        "varied": sorted(varied_paths(study)),
         "report": study.spec.report,
         "trials": [t.to_ray() for t in study.trials],
     }

@@ -309,6 +309,40 @@ def test_cusp_options_pair_theta_and_eps():
         e.schema.model_validate({"rotations": [200], "eps": [0.1]})
 
 
+@pytest.mark.parametrize("schedule, epochs, ok", [
+    ({"name": "multistep", "milestones": [2, 3]}, 4, True),
+    ({"name": "multistep", "milestones": [4]}, 4, False),     # steps only after the stage ends
+    ({"name": "cosine"}, 4, False),                          # the lr changes every epoch
+    ({"name": "constant"}, 4, False),                        # never steps
+])
+def test_cusp_without_milestones_needs_a_stepped_schedule(schedule, epochs, ok):
+    from raystudy.spec.validate import validate_trial
+    cusp = {"name": "cusp", "rotations": [90, 180], "eps": [0.05, 0.1]}
+    config = {"model": {"arch": "stdcnn_mnist"},
+              "train": {"epochs": epochs, "method": cusp, "schedule": schedule}}
+    if ok:
+        validate_trial(config)
+    else:
+        with pytest.raises(StudyError) as e:
+            validate_trial(config)
+        assert "train.method.milestones" in str(e.value) and "milestones: [2]" in str(e.value)
+    # Explicit milestones always work, whatever the schedule; so does a one-step curriculum.
+    validate_trial({**config, "train": {**config["train"], "method": {**cusp, "milestones": [2]}}})
+    validate_trial({**config, "train": {**config["train"],
+                                        "method": {"name": "cusp", "rotations": [180], "eps": [0.1]}}})
+
+
+def test_cusp_check_names_the_stage_in_a_staged_run():
+    from raystudy.spec.validate import validate_trial
+    with pytest.raises(StudyError) as e:
+        validate_trial({"model": {"arch": "stdcnn_mnist"},
+                        "train": {"schedule": {"name": "cosine"},
+                                  "stages": [{"epochs": 2, "method": {"name": "natural"}},
+                                             {"epochs": 6, "method": {"name": "cusp", "rotations": [90, 180],
+                                                                      "eps": [0.05, 0.1]}}]}})
+    assert "train.stages.1.method.milestones" in str(e.value)
+
+
 def test_cusp_sets_the_epochs_augmentation_and_eps_from_the_milestone_index():
     m = method("cusp", rotations=[120, 150, 180], eps=["2/255", "4/255", "8/255"], steps=1)
     for k, (theta, eps) in enumerate([(120, 2 / 255), (150, 4 / 255), (180, 8 / 255), (180, 8 / 255)]):

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from raystudy.cli import main
+from raystudy.errors import StudyError
 from raystudy.results import EPOCHS, PLAN, TRIALS
 from raystudy.runner import check_base, run_study
 from raystudy.spec import load_study
@@ -234,6 +235,38 @@ def test_changed_base_is_refused_with_a_diff_and_force_new_moves_it_aside(tmp_pa
     assert moved is not None and moved.name.startswith("base.old-")
     assert (moved / TRIALS).exists() and not out.exists()
     assert json.loads((moved / PLAN).read_text())["base_fingerprint"]["train.epochs"] == 1
+
+
+def test_pinning_a_varied_path_with_set_reuses_the_results(tmp_path):
+    # `--set` on a varied path pins the axis: a subset of the same study, not a new base.
+    res = tmp_path / "res"
+    f = study_file(tmp_path, "pin", epochs=1, space="seed: {grid: [0]}\n  train.optimizer.lr: {grid: [0.05, 0.1]}")
+    study = load_study(f)
+    out = res / "pin"
+    out.mkdir(parents=True)
+    from raystudy.results import ResultStore, write_json_atomic
+    from raystudy.runner import plan_record
+    write_json_atomic(plan_record(study), out / PLAN)
+    for t in study.trials:
+        ResultStore(out).record(t.to_ray(), "completed", {"accuracy": 0.5})
+    pinned = load_study(f, sets=["train.optimizer.lr=0.1"])
+    assert len(pinned.trials) == 1 and pinned.trials[0].trial_id in {t.trial_id for t in study.trials}
+    assert check_base(pinned, out, force_new=False) is None
+    # ... also when the folder was made by the pinned run and the full axis runs next.
+    out2 = res / "pin2"
+    out2.mkdir(parents=True)
+    write_json_atomic(plan_record(pinned), out2 / PLAN)
+    ResultStore(out2).record(pinned.trials[0].to_ray(), "completed", {"accuracy": 0.5})
+    assert check_base(study, out2, force_new=False) is None
+    # A plan written before `varied` was recorded: the trials' params say what varied.
+    plan = json.loads((out / PLAN).read_text())
+    del plan["varied"]
+    write_json_atomic(plan, out / PLAN)
+    assert check_base(pinned, out, force_new=False) is None
+    # Pinning a path the study never varied is still a change of the base.
+    with pytest.raises(StudyError) as e:
+        check_base(load_study(f, sets=["train.epochs=2"]), out, force_new=False)
+    assert "train.epochs: 1 -> 2" in str(e.value) and "train.optimizer.lr" not in str(e.value)
 
 
 def test_checkpoints_load_as_data_only(tmp_path):

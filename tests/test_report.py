@@ -167,6 +167,26 @@ def test_missing_metric_is_shown_with_a_suggestion(tmp_path, capsys):
     assert sorted(p.name for p in (out / "report").glob("*.png")) == ["03-bar.png"]
 
 
+def test_a_fixed_config_value_can_facet_a_chart(tmp_path, capsys):
+    # The momentum is the same in every demo trial, so trials.parquet has no column for it; a
+    # chart written for a study that varies it (sgd_hparams) still draws, with one facet, from
+    # the trial configs in study.json.
+    m = "train.optimizer.momentum"
+    out = write_demo_results(tmp_path / "demo", report=[
+        {"chart": "line", "x": "train.augment.rotation", "y": "accuracy", "column": m},
+        {"chart": "profile", "metric": "robustness.pgd", "color": "train.method.name", "column": m},
+        {"chart": "line", "x": "train.augment.rotation", "y": "accuracy", "column": "train.optimizer.nesterov"}])
+    html = build_report(out, png=False)
+    text = html.read_text()
+    assert text.count('data-missing="1"') == 1          # nesterov is in no trial's config
+    assert "warning: report.2.column" in capsys.readouterr().err
+    tables = load(out)
+    assert m not in tables.trials.columns and tables.add_config_column(m)
+    assert set(tables.trials[m]) == {0.9} and m in tables.config_columns
+    assert m in tables.curves_with_config().columns
+    assert not tables.add_config_column("train.method")      # a mapping is not a column
+
+
 def test_bad_report_section_is_a_study_error(tmp_path):
     from raystudy.cli import main
     out = write_demo_results(tmp_path / "demo", report=[{"chart": "pie"}])

@@ -105,10 +105,20 @@ def test_cusp_table_rows_follow_the_paper():
 def test_cusp_cpu_profile_keeps_the_ten_rows_and_the_curriculum():
     study = load_study(ROOT / "studies" / "cusp.yaml", profile="cpu")
     rows = _by(study, "strategy")
-    assert len(rows) == 10
+    base = _by(load_study(ROOT / "studies" / "cusp.yaml", expand_trials=True), "strategy")
+    # The paper's ten rows, plus the single-stage rows again at the two-stage budget.
+    assert set(base) < set(rows) and len(rows) == 16
     assert [s["method"]["name"] for s in rows["PGD -> CuSP"].config["train"]["stages"]] == ["pgd_at", "cusp"]
     # The curriculum steps with the lr: 2 milestones for the 3 (θ, ε) pairs.
     assert rows["CuSP (PGD)"].config["train"]["schedule"]["milestones"] == [2, 3]
+    epochs = {k: sum(s["epochs"] for s in t.config["train"]["stages"]) for k, t in rows.items()}
+    for name in ("natural", "Aug 180", "PGD (Aug 0)", "PGD (Aug 180)", "CuSP (PGD)", "CuSP (TRADES)"):
+        assert epochs[name] == 4 and epochs[f"{name}, 8 ep"] == epochs["PGD -> CuSP"] == 8
+        assert rows[f"{name}, 8 ep"].config["train"]["stages"][0]["method"] == \
+            rows[name].config["train"]["stages"][0]["method"]
+    from raystudy.spec.validate import validate_trial
+    eight = validate_trial(rows["CuSP (PGD), 8 ep"].config).stages[0]
+    assert eight.schedule.options.milestones == [4, 6]
 
 
 def test_invariance_study_maps_levels_to_the_papers_augmentations():

@@ -91,6 +91,29 @@ def metric_items(evaluate: list[Any], file: str | None = None) -> list[tuple[str
     return items
 
 
+def _check_curriculum(stage: Stage, where: str) -> None:
+    """A CuSP curriculum without explicit milestones follows the lr schedule's steps. That is
+    only meaningful for a stepped schedule: a cosine schedule changes the lr every epoch (the
+    curriculum would advance every epoch), a constant one never (it would never advance)."""
+    m = stage.method
+    if m.name != "cusp" or m.options.milestones is not None or len(m.options.rotations) < 2:
+        return
+    sched = stage.schedule
+    steps = list(getattr(sched.options, "milestones", []) or []) if sched.name == "multistep" else []
+    inside = [e for e in steps if 0 < e < stage.epochs]
+    if sched.name == "multistep" and inside:
+        return
+    why = (f"the '{sched.name}' schedule changes the lr every epoch" if sched.name == "cosine"
+           else f"the '{sched.name}' schedule never steps the lr within the stage's {stage.epochs} epochs")
+    raise StudyError(
+        f"cusp has {len(m.options.rotations)} curriculum steps and no milestones, so it would advance "
+        f"whenever the lr steps, but {why}",
+        path=f"{where}.method.milestones",
+        expected="explicit curriculum milestones (epochs within the stage) or a multistep lr schedule",
+        hint=f"add e.g. `milestones: [{max(1, stage.epochs // 2)}]` to the cusp method, or use "
+             "`schedule: {name: multistep, milestones: [...]}`")
+
+
 def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
     try:
         cfg = TrialConfig.model_validate(config)
@@ -128,6 +151,9 @@ def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
         o = attempt(_named, OPTIMIZERS, t.optimizer, "train.optimizer", "name", file)
         s = attempt(_named, SCHEDULES, t.schedule, "train.schedule", "name", file)
         stages.append(Stage(t.epochs, m, t.augment, o, s, 0))
+    for st in stages:
+        if None not in (st.method, st.schedule):
+            attempt(_check_curriculum, st, f"train.stages.{st.index}" if t.stages else "train")
     if t.init_from is not None:
         from ..warmstart import parse as parse_init_from
         attempt(parse_init_from, t.init_from)
