@@ -180,7 +180,8 @@ def varied_paths(study: StudyDocument) -> set[str]:
     for key, entry in (study.spec.space or {}).items():
         op, arg = _operator(str(key), entry, study.file)
         if op == "zip" and isinstance(arg, dict):
-            out.update(str(p) for p in arg)
+            from .spec.space import ONLY
+            out.update(str(p) for p in arg if p != ONLY)
         elif op in OPERATORS:
             out.add(str(key))
     return out

@@ -117,6 +117,38 @@ def test_pgd_at_trains_on_the_pgd_example_and_logs_eps():
     assert "train_adv_acc" in logs
 
 
+@pytest.mark.parametrize("name", ["pgd_at", "trades"])
+def test_eps_warmup_ramps_linearly_then_holds(name):
+    from raystudy.methods.trades import trades_attack
+    m = method(name, eps=0.3, step_size=0.1, steps=2, eps_warmup_epochs=2)
+    seen = []
+    for e in range(4):
+        st = state()
+        st.stage_epoch = e
+        m.on_epoch_start(None, st)
+        seen.append(m.epoch_log()["method.eps"])
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3])
+    # The attack really uses the warmed ε: during epoch 0 the training loss equals the loss
+    # on the ε = 0.1 attack, which stays inside the 0.1-ball.
+    st = state(5)
+    m.on_epoch_start(None, st)
+    model, (x, y) = small_cnn(), batch()
+    loss, _ = m.loss(model, x, y, st)
+    g = torch.Generator().manual_seed(5)
+    if name == "pgd_at":
+        adv = pgd(model, x, y, 0.1, 0.1, 2, True, g)
+        assert torch.allclose(loss, F.cross_entropy(model(adv), y))
+    else:
+        adv = trades_attack(model, x, 0.1, 0.1, 2, generator=g)
+        from raystudy.methods.trades import trades_loss
+        assert torch.allclose(loss, trades_loss(model, x, y, adv, 1.0)[0])
+    assert (adv - x).abs().max() <= 0.1 + 1e-12
+    # Off by default: the paper setting trains at the full ε from the first epoch.
+    plain = method(name, eps=0.3)
+    plain.on_epoch_start(None, state())
+    assert plain.epoch_log()["method.eps"] == pytest.approx(0.3)
+
+
 def test_eps_outside_unit_interval_is_a_clear_error():
     from raystudy.spec.validate import validate_trial
     with pytest.raises(StudyError) as e:

@@ -109,6 +109,32 @@ def test_set_pins_a_varied_path(tmp_path):
     assert len(s.trials) == 1 and s.trials[0].config["seed"] == 7
 
 
+ZIPPED = BASE + """space:
+  method:
+    zip:
+      train.method:
+        - {name: pgd_at, steps: 2}
+        - {name: trades, steps: 3}
+  train.method.eps: {grid: [0.1, 0.3]}
+"""
+
+
+def test_set_on_a_zip_keeps_that_row_with_its_trial_id(tmp_path):
+    full = {(t.params["method"], t.config["train"]["method"]["eps"]): t for t in load_text(tmp_path, ZIPPED).trials}
+    one = load_text(tmp_path, ZIPPED, sets=["method=1"]).trials
+    assert [t.config["train"]["method"]["name"] for t in one] == ["trades", "trades"]
+    assert {t.trial_id for t in one} == {full[(1, 0.1)].trial_id, full[(1, 0.3)].trial_id}
+    # Pinning the later grid too: the constant still lands inside the zipped method (space
+    # order), so the trial is the full study's trial, id and all.
+    pinned = load_text(tmp_path, ZIPPED, sets=["method=1", "train.method.eps=0.3"]).trials
+    assert len(pinned) == 1 and pinned[0].config["train"]["method"] == {"name": "trades", "steps": 3, "eps": 0.3}
+    assert pinned[0].trial_id == full[(1, 0.3)].trial_id
+    assert len(load_text(tmp_path, ZIPPED, sets=["method=[0, 1]"]).trials) == 4
+    with pytest.raises(StudyError) as ei:
+        load_text(tmp_path, ZIPPED, sets=["method=2"])
+    assert "space.method.only" in messages(ei.value)[0] and "0 to 1" in messages(ei.value)[0]
+
+
 def test_profile_applies_overrides_and_unknown_profile_errors(tmp_path):
     text = BASE + "profiles:\n  cpu: {train.epochs: 4}\n"
     assert load_text(tmp_path, text, profile="cpu").trials[0].config["train"]["epochs"] == 4

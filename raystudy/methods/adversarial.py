@@ -19,7 +19,7 @@ from torch import nn
 from ..registry import METHODS, Options
 from ..spec.types import Eps, Number
 from ..metrics.base import evaluation_mode
-from .base import Method, TrainState
+from .base import Method, TrainState, warmed_eps
 
 # YAML reads a bare `true` as a boolean; it means the true labels here.
 Labels = Annotated[Literal["true", "predicted"], BeforeValidator(lambda v: "true" if v is True else v)]
@@ -82,6 +82,8 @@ class PGDOptions(Options):
     steps: int = Field(40, ge=1)
     random_start: bool = True
     labels: Labels = "true"
+    # Not in Madry et al.: ε ramps up linearly over the stage's first epochs (0 = off).
+    eps_warmup_epochs: int = Field(0, ge=0)
 
 
 class FGSMOptions(Options):
@@ -113,18 +115,21 @@ class PGDAT(Method):
     """PGD adversarial training (Madry et al., "Towards Deep Learning Models Resistant to
     Adversarial Attacks", 2018): minimize CE on the PGD adversarial example of each input."""
 
-    def eps(self, state: TrainState | None = None) -> float:
-        return self.options.eps
+    def __init__(self, options, info=None):
+        super().__init__(options, info)
+        self.current_eps = float(options.eps)
+
+    def on_epoch_start(self, model, state: TrainState) -> None:
+        self.current_eps = warmed_eps(self.options.eps, self.options.eps_warmup_epochs, state.stage_epoch)
 
     def loss(self, model, x, y, state):
         o = self.options
-        eps = self.eps(state)
-        x_adv = pgd(model, x, attack_labels(model, x, y, o.labels), eps, o.step_size, o.steps,
+        x_adv = pgd(model, x, attack_labels(model, x, y, o.labels), self.current_eps, o.step_size, o.steps,
                     o.random_start, state.generator)
         return _ce_logs(model(x_adv), y, "train_adv_acc")
 
     def epoch_log(self):
-        return {"method.eps": float(self.eps())}
+        return {"method.eps": self.current_eps}
 
 
 @METHODS.register("fgsm_at", FGSMOptions)

@@ -56,3 +56,14 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def warmed_eps(eps: float, warmup_epochs: int, stage_epoch: int) -> float:
+    """ε for an epoch of a linear warm-up: epoch e (0-based, within the stage) of a k-epoch
+    warm-up trains at ε·(e+1)/(k+1), then at ε. Adversarial training at a large ε from a
+    random initialization can stay at chance (the MNIST ε = 0.3 PGD-AT of a few epochs does);
+    a short ramp lets the clean features form first."""
+    if warmup_epochs <= 0 or stage_epoch >= warmup_epochs:
+        return float(eps)
+    return float(eps) * (stage_epoch + 1) / (warmup_epochs + 1)
+

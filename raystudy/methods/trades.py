@@ -19,7 +19,7 @@ from pydantic import Field
 from ..registry import METHODS, Options
 from ..spec.types import Eps, Number
 from ..metrics.base import evaluation_mode
-from .base import Method
+from .base import Method, warmed_eps
 
 
 class TradesOptions(Options):
@@ -31,6 +31,8 @@ class TradesOptions(Options):
     steps: int = Field(40, ge=0)
     beta: float = Field(1.0, ge=0)
     init_std: float = Field(0.001, ge=0)
+    # Not in Zhang et al.: ε ramps up linearly over the stage's first epochs (0 = off).
+    eps_warmup_epochs: int = Field(0, ge=0)
 
 
 def robust_kl(logits_adv: torch.Tensor, logits_nat: torch.Tensor) -> torch.Tensor:
@@ -73,12 +75,19 @@ class Trades(Method):
     """TRADES (Zhang et al., ICML 2019): CE(f(x), y) + β·KL between clean and adversarial
     predictions, the adversary maximizing that KL (official implementation's loss)."""
 
+    def __init__(self, options, info=None):
+        super().__init__(options, info)
+        self.current_eps = float(options.eps)
+
+    def on_epoch_start(self, model, state) -> None:
+        self.current_eps = warmed_eps(self.options.eps, self.options.eps_warmup_epochs, state.stage_epoch)
+
     def loss(self, model, x, y, state):
         o = self.options
-        x_adv = trades_attack(model, x, o.eps, o.step_size, o.steps, o.init_std, state.generator)
+        x_adv = trades_attack(model, x, self.current_eps, o.step_size, o.steps, o.init_std, state.generator)
         loss, nat, rob, logits = trades_loss(model, x, y, x_adv, o.beta)
         return loss, {"train_acc": (logits.argmax(1) == y).float().mean().detach(),
                       "trades.natural": nat.detach(), "trades.robust": rob.detach()}
 
     def epoch_log(self):
-        return {"method.eps": float(self.options.eps), "method.beta": float(self.options.beta)}
+        return {"method.eps": self.current_eps, "method.beta": float(self.options.beta)}

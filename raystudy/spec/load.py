@@ -152,8 +152,16 @@ def apply_overrides(doc: dict, overrides: dict[str, Any], source: str) -> dict:
     space = doc.get("space") or {}
     for path, value in overrides.items():
         if isinstance(space, dict) and path in space:
-            # Pinning a varied path: the constant replaces the axis.
-            space[path] = value
+            entry = space[path]
+            from .space import OPERATORS
+            replaces = isinstance(value, dict) and any(k in OPERATORS for k in value)
+            if isinstance(entry, dict) and "zip" in entry and not replaces:
+                # A zip's key names its row index: pinning it keeps those rows of the zip
+                # (`--set variant=3`, or `--set variant=[0,3]`), never drops the zipped paths.
+                space[path] = {"zip": entry["zip"], "only": value if isinstance(value, list) else [value]}
+            else:
+                # A new space entry replaces the old one; a plain value pins the axis.
+                space[path] = value
             continue
         if path.startswith("space."):
             key = path[len("space."):]

@@ -33,6 +33,7 @@ from .paths import flatten, set_path
 from .schema import TRIAL_KEYS
 
 OPERATORS = ("grid", "choice", "uniform", "loguniform", "randint", "expr", "zip")
+ONLY = "__only__"   # the rows a zip is restricted to (see _operator)
 _SAMPLED = ("choice", "uniform", "loguniform", "randint")
 # A guard against typos like num_samples: 100000000 (expansion would run for hours);
 # large enough for the 100,000-trial grid of benchmarks/bench_space.py.
@@ -81,6 +82,10 @@ def _operator(key: str, entry: Any, file: str) -> tuple[str, Any]:
     if isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in OPERATORS:
         op, arg = next(iter(entry.items()))
         return op, arg
+    if isinstance(entry, dict) and set(entry) == {"zip", "only"}:
+        # A zip restricted to some of its rows (`--set variant=3` pins a zip this way): the
+        # rows keep their own index, so their trial ids are those of the full study.
+        return "zip", {**(entry["zip"] if isinstance(entry["zip"], dict) else {}), ONLY: entry["only"]}
     if isinstance(entry, dict) and any(k in OPERATORS for k in entry):
         raise StudyError("a space entry takes exactly one operator", file=file, path=f"space.{key}",
                          expected="one of " + ", ".join(OPERATORS))
@@ -108,6 +113,8 @@ def _check(key: str, op: str, arg: Any, file: str) -> None:
         if op == "randint" and not (float(lo).is_integer() and float(hi).is_integer()):
             raise StudyError("'randint' needs integer bounds", file=file, path=path)
     elif op == "zip":
+        only = arg.get(ONLY) if isinstance(arg, dict) else None
+        arg = {p: v for p, v in arg.items() if p != ONLY} if isinstance(arg, dict) else arg
         if not isinstance(arg, dict) or not arg:
             raise StudyError("'zip' needs a mapping of paths to equally long lists", file=file, path=path,
                              expected="{train.method.theta: [120, 150], train.method.eps: [2/255, 4/255]}")
@@ -119,6 +126,14 @@ def _check(key: str, op: str, arg: Any, file: str) -> None:
         if len(lengths) != 1:
             raise StudyError(f"zipped lists differ in length ({sorted(lengths)})", file=file, path=path,
                              expected="lists of the same length")
+        if only is not None:
+            n = lengths.pop()
+            ok = isinstance(only, list) and only and all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in only)
+            if not ok:
+                raise StudyError(f"'only' must list row indices of the zip, 0 to {n - 1} (got {only!r})",
+                                 file=file, path=f"space.{key}.only", expected=f"e.g. [0] or [0, {n - 1}]",
+                                 hint=f"the zip has {n} rows; `--set {key}=I` runs row I only")
     elif op == "expr":
         try:
             expr_mod._parse(arg)  # syntax errors early
@@ -181,8 +196,11 @@ def expand(study) -> list[Trial]:
         if op == "grid":
             grids.append((key, arg))
         elif op == "zip":
+            only = arg.get(ONLY)
+            arg = {p: v for p, v in arg.items() if p != ONLY}
             n = len(next(iter(arg.values())))
-            grids.append((key, [{p: arg[p][i] for p in arg} | {"__index__": i} for i in range(n)]))
+            rows = list(dict.fromkeys(only)) if only is not None else range(n)
+            grids.append((key, [{p: arg[p][i] for p in arg} | {"__index__": i} for i in rows]))
         elif op in _SAMPLED:
             sampled[key] = (op, arg)
         elif op == "expr":
@@ -190,6 +208,7 @@ def expand(study) -> list[Trial]:
         else:
             consts[key] = arg
     expr_order = _order_exprs(exprs, file)
+    order = [str(k) for k in (spec.space or {})]
     base_flat = flatten(base)
     keys = [k for k, _ in grids]
     n_grid = math.prod(len(v) for _, v in grids)
@@ -227,6 +246,10 @@ def expand(study) -> list[Trial]:
                 except StudyError as e:
                     raise e.located(file=file, prefix=f"space.{k}.expr") from None
                 env[k] = values[k]
+            # Applied in the order the space declares them: a later entry may set a path inside
+            # what an earlier one set (a zipped train.method, then train.method.eps), whether
+            # the later one is a grid or a constant (a grid pinned by --set).
+            values = {k: values[k] for k in order if k in values}
             config = fast_copy(base)
             params: dict[str, Any] = {}
             free: dict[str, Any] = {}
