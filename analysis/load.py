@@ -72,15 +72,17 @@ class Tables:
         """Add the config value at `path` (e.g. train.optimizer.momentum) as a column, read from
         each trial's config in study.json. trials.parquet holds only what the study varies, but a
         chart may facet or colour by a value that a profile holds fixed: it then gets one facet.
-        True when every trial of the table has the path."""
+        True when every trial that study.json lists has the path."""
         from raystudy.spec.paths import get_path, has_path
         if path in self.trials.columns:
             return True
         cfgs = {t["trial_id"]: t.get("config", {}) for t in self.plan.get("trials", [])}
-        if not len(self.trials) or not all(tid in cfgs and has_path(cfgs[tid], path)
-                                           for tid in self.trials["trial_id"]):
+        # A trial recorded by an earlier run of a narrower plan (a `--set` pin) may be missing
+        # from study.json: its value is unknown (None), not a reason to drop the chart.
+        known = [tid for tid in self.trials["trial_id"] if tid in cfgs]
+        if not known or not all(has_path(cfgs[tid], path) for tid in known):
             return False
-        vals = [get_path(cfgs[tid], path) for tid in self.trials["trial_id"]]
+        vals = [get_path(cfgs[tid], path) if tid in cfgs else None for tid in self.trials["trial_id"]]
         if any(isinstance(v, (dict, list)) for v in vals):
             return False
         self.trials[path] = vals

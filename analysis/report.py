@@ -208,9 +208,10 @@ def describe(e: Entry) -> str:
 
 
 def _where(tables: Tables, where: dict, i: int) -> pd.DataFrame:
+    for col in where:
+        _need(tables, col, f"report.{i}.where")   # may add a column: before the first filter copies
     df = tables.trials
     for col, val in where.items():
-        _need(tables, col, f"report.{i}.where")
         vals = val if isinstance(val, list) else [val]
         df = df[df[col].isin(vals)]
     return df

@@ -242,6 +242,16 @@ def _move_aside(out: Path) -> Path:
     return dest
 
 
+def _varied_in(trials: list[dict]) -> set[str]:
+    """For a plan recorded before `varied` was: the params that take more than one value
+    (params also hold constants whose value is a mapping, which are not an axis)."""
+    seen: dict[str, set[str]] = {}
+    for t in trials:
+        for k, v in (t.get("params") or {}).items():
+            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
+    return {k for k, vals in seen.items() if len(vals) > 1}
+
+
 def _covered(key: str, varied: set[str]) -> bool:
     key = key[len("space."):] if key.startswith("space.") else key
     return any(key == v or key.startswith(v + ".") for v in varied)
@@ -264,8 +274,7 @@ def check_base(study: StudyDocument, out: Path, force_new: bool) -> Path | None:
     new = base_fingerprint(study)
     if _hash(old) == _hash(new):
         return None
-    old_varied = set(old_plan.get("varied") or
-                     {k for t in old_plan.get("trials", []) for k in (t.get("params") or {})})
+    old_varied = set(old_plan.get("varied") or _varied_in(old_plan.get("trials", [])))
     new_varied = varied_paths(study)
     # A path that one run varied and the other holds fixed (`--set train.augment.rotation=90`
     # pins an axis; dropping the pin widens it again) selects other trials of the same study:

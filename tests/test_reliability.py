@@ -263,6 +263,9 @@ def test_pinning_a_varied_path_with_set_reuses_the_results(tmp_path):
     del plan["varied"]
     write_json_atomic(plan, out / PLAN)
     assert check_base(pinned, out, force_new=False) is None
+    # ... but a params entry with a single value (a constant mapping) is not an axis there.
+    from raystudy.runner import _varied_in
+    assert _varied_in([{"params": {"a": 1, "m": {"x": 1}}}, {"params": {"a": 2, "m": {"x": 1}}}]) == {"a"}
     # Pinning a path the study never varied is still a change of the base.
     with pytest.raises(StudyError) as e:
         check_base(load_study(f, sets=["train.epochs=2"]), out, force_new=False)

@@ -175,7 +175,9 @@ def test_a_fixed_config_value_can_facet_a_chart(tmp_path, capsys):
     out = write_demo_results(tmp_path / "demo", report=[
         {"chart": "line", "x": "train.augment.rotation", "y": "accuracy", "column": m},
         {"chart": "profile", "metric": "robustness.pgd", "color": "train.method.name", "column": m},
-        {"chart": "line", "x": "train.augment.rotation", "y": "accuracy", "column": "train.optimizer.nesterov"}])
+        {"chart": "line", "x": "train.augment.rotation", "y": "accuracy", "column": "train.optimizer.nesterov"},
+        {"chart": "bar", "x": "train.augment.rotation", "y": "accuracy",
+         "where": {"train.method.name": "natural", m: 0.9}}])
     html = build_report(out, png=False)
     text = html.read_text()
     assert text.count('data-missing="1"') == 1          # nesterov is in no trial's config
@@ -185,6 +187,15 @@ def test_a_fixed_config_value_can_facet_a_chart(tmp_path, capsys):
     assert set(tables.trials[m]) == {0.9} and m in tables.config_columns
     assert m in tables.curves_with_config().columns
     assert not tables.add_config_column("train.method")      # a mapping is not a column
+    # A trial that an earlier, wider run recorded but the current study.json does not list
+    # (the study was since pinned with --set) gets an unknown value, not a missing chart.
+    plan = json.loads((out / "study.json").read_text())
+    gone = plan["trials"].pop(0)["trial_id"]
+    (out / "study.json").write_text(json.dumps(plan))
+    tables = load(out)
+    assert tables.add_config_column(m)
+    col = tables.trials.set_index("trial_id")[m]
+    assert pd.isna(col[gone]) and (col.drop(gone) == 0.9).all()
 
 
 def test_bad_report_section_is_a_study_error(tmp_path):

@@ -130,9 +130,27 @@ def test_set_on_a_zip_keeps_that_row_with_its_trial_id(tmp_path):
     assert len(pinned) == 1 and pinned[0].config["train"]["method"] == {"name": "trades", "steps": 3, "eps": 0.3}
     assert pinned[0].trial_id == full[(1, 0.3)].trial_id
     assert len(load_text(tmp_path, ZIPPED, sets=["method=[0, 1]"]).trials) == 4
+    # Named with the `space.` prefix, it is the same entry.
+    assert {t.trial_id for t in load_text(tmp_path, ZIPPED, sets=["space.method=1"]).trials} == \
+        {t.trial_id for t in one}
     with pytest.raises(StudyError) as ei:
         load_text(tmp_path, ZIPPED, sets=["method=2"])
     assert "space.method.only" in messages(ei.value)[0] and "0 to 1" in messages(ei.value)[0]
+
+
+def test_an_entry_that_would_erase_an_earlier_one_is_refused(tmp_path):
+    # A profile adding `space.train.method` puts it after the eps grid: the method mapping
+    # would silently replace the eps set inside it, so the load fails and says how to fix it.
+    text = BASE.replace("optimizer:", "method: {name: pgd_at}, optimizer:") + """space:
+  train.method.eps: {grid: [0.1, 0.3]}
+profiles:
+  adv: {space.train.method: {grid: [{name: pgd_at}, {name: trades}]}}
+"""
+    load_text(tmp_path, text)
+    with pytest.raises(StudyError) as ei:
+        load_text(tmp_path, text, profile="adv")
+    msg = messages(ei.value)[0]
+    assert "space.train.method" in msg and "overwrites train.method.eps" in msg and "move space.train.method above" in msg
 
 
 def test_profile_applies_overrides_and_unknown_profile_errors(tmp_path):

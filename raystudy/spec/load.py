@@ -151,6 +151,8 @@ def apply_overrides(doc: dict, overrides: dict[str, Any], source: str) -> dict:
     doc = copy.deepcopy(doc)
     space = doc.get("space") or {}
     for path, value in overrides.items():
+        if path.startswith("space.") and isinstance(space, dict) and path[len("space."):] in space:
+            path = path[len("space."):]     # the same entry, named with or without `space.`
         if isinstance(space, dict) and path in space:
             entry = space[path]
             from .space import OPERATORS

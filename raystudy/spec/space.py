@@ -177,6 +177,32 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _paths_set(key: str, entry: Any, file: str) -> list[str]:
+    """The config paths one space entry writes (a zip writes each of its paths)."""
+    op, arg = _operator(key, entry, file)
+    if op == "zip" and isinstance(arg, dict):
+        return [str(p) for p in arg if p != ONLY and _is_path(str(p))]
+    return [key] if _is_path(key) else []
+
+
+def _check_order(space: dict, file: str) -> None:
+    """Entries apply in declaration order, so an entry that writes a whole mapping after one
+    that wrote inside it (train.method after train.method.eps) would silently erase it."""
+    written: list[tuple[str, str]] = []      # (path, the entry that wrote it)
+    for key, entry in space.items():
+        key = str(key)
+        for p in _paths_set(key, entry, file):
+            for q, by in written:
+                if q == p or q.startswith(p + "."):
+                    raise StudyError(
+                        f"'{key}' sets {p}, which overwrites {q} set by the earlier entry '{by}'",
+                        file=file, path=f"space.{key}",
+                        expected="an entry that sets a mapping declared before the entries that set paths inside it",
+                        hint=f"move space.{key} above space.{by} (a profile or smoke override that adds "
+                             "a new space entry puts it last)")
+            written.append((p, key))
+
+
 def expand(study) -> list[Trial]:
     """Expand `study.spec.space` over `study.base_config()` into trials."""
     file = study.file
@@ -209,6 +235,7 @@ def expand(study) -> list[Trial]:
             consts[key] = arg
     expr_order = _order_exprs(exprs, file)
     order = [str(k) for k in (spec.space or {})]
+    _check_order(spec.space or {}, file)
     base_flat = flatten(base)
     keys = [k for k, _ in grids]
     n_grid = math.prod(len(v) for _, v in grids)

@@ -92,26 +92,42 @@ def metric_items(evaluate: list[Any], file: str | None = None) -> list[tuple[str
 
 
 def _check_curriculum(stage: Stage, where: str) -> None:
-    """A CuSP curriculum without explicit milestones follows the lr schedule's steps. That is
-    only meaningful for a stepped schedule: a cosine schedule changes the lr every epoch (the
-    curriculum would advance every epoch), a constant one never (it would never advance)."""
+    """A CuSP curriculum of n (θ, ε) pairs needs n − 1 steps inside its stage. Without explicit
+    milestones it steps when the lr does, which only a stepped schedule gives: a cosine
+    schedule changes the lr every epoch (the curriculum would advance every epoch), a constant
+    one (or gamma 1) never. Too few steps would leave the last pairs unused."""
     m = stage.method
-    if m.name != "cusp" or m.options.milestones is not None or len(m.options.rotations) < 2:
+    n = len(m.options.rotations) if m.name == "cusp" else 0
+    if n < 2:
+        return
+    even = [max(1, round(stage.epochs * k / n)) for k in range(1, n)]
+    if m.options.milestones is not None:
+        inside = [e for e in m.options.milestones if e < stage.epochs]
+        if len(inside) < n - 1:
+            raise StudyError(
+                f"cusp has {n} curriculum steps but only {len(inside)} of its milestones fall inside the "
+                f"stage's {stage.epochs} epochs, so the last (θ, ε) pairs are never used",
+                path=f"{where}.method.milestones", expected=f"{n - 1} milestones below {stage.epochs}",
+                hint=f"e.g. milestones: {even}")
         return
     sched = stage.schedule
     steps = list(getattr(sched.options, "milestones", []) or []) if sched.name == "multistep" else []
     inside = [e for e in steps if 0 < e < stage.epochs]
-    if sched.name == "multistep" and inside:
+    if sched.name == "multistep" and len(inside) >= n - 1 and sched.options.gamma != 1:
         return
-    why = (f"the '{sched.name}' schedule changes the lr every epoch" if sched.name == "cosine"
-           else f"the '{sched.name}' schedule never steps the lr within the stage's {stage.epochs} epochs")
+    if sched.name == "cosine":
+        why = "the 'cosine' schedule changes the lr every epoch"
+    elif sched.name == "multistep" and inside and sched.options.gamma != 1:
+        why = f"the schedule steps the lr only {len(inside)} time(s) within the stage's {stage.epochs} epochs"
+    else:
+        why = f"the '{sched.name}' schedule never changes the lr within the stage's {stage.epochs} epochs"
     raise StudyError(
-        f"cusp has {len(m.options.rotations)} curriculum steps and no milestones, so it would advance "
-        f"whenever the lr steps, but {why}",
+        f"cusp has {n} curriculum steps and no milestones, so it advances whenever the lr steps, but {why}",
         path=f"{where}.method.milestones",
-        expected="explicit curriculum milestones (epochs within the stage) or a multistep lr schedule",
-        hint=f"add e.g. `milestones: [{max(1, stage.epochs // 2)}]` to the cusp method, or use "
-             "`schedule: {name: multistep, milestones: [...]}`")
+        expected=f"{n - 1} curriculum milestones (epochs within the stage) or a multistep lr schedule "
+                 f"with {n - 1} steps inside the stage",
+        hint=f"add `milestones: {even}` to the cusp method, or use "
+             f"`schedule: {{name: multistep, milestones: {even}}}`")
 
 
 def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
