@@ -66,12 +66,27 @@ def _color(data_col: str, s: pd.Series, title: str) -> alt.Color:
 
 
 def _xtitle(metric: str) -> str:
+    """What the `x` of a curve means, per metric family (see each metric's curves)."""
     if metric.startswith("robustness"):
         return "ε (L∞ pixel units)" if "l2" not in metric else "ε (L2)"
+    if metric.startswith("invariance.rotation_translation") and not metric.endswith(".fixed"):
+        return "i (rotations in ±i·180°, shifts in ±i·image size)"
+    if metric.startswith("invariance.translation") and not metric.endswith(".fixed"):
+        return "i (shifts in ±i·image size)"
     if metric.startswith("invariance"):
         return "θ (degrees)"
     if metric.startswith("hessian"):
         return "eigenvalue"
+    if metric.startswith("lrc_noise"):
+        return "noise standard deviation per pixel ([0, 1] pixel units)"
+    if metric.startswith("svd_universal"):
+        return "perturbation norm (L∞)" if metric.endswith(".linf") else "perturbation norm (L2)"
+    if metric == "perturbation_pca":
+        return "principal angle index"
+    if metric.startswith("perturbation_covariance"):
+        return "pixel displacement"
+    if metric == "invariant_directions":
+        return "rotation (degrees)"
     return "x"
 
 
