@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as e:
         _print_error(e)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # `raystudy plan big.yaml | head`: the reader left; not an error of ours. Point
+        # stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -189,3 +189,18 @@ def test_resources_no_node_can_satisfy(ray_local, tmp_path, capsys):
     rc, out = _run(["run", str(f), "--results", str(tmp_path / "r"), "--no-dashboard"], capsys)
     _assert_clean(rc, out, "resources", "no node can satisfy cpu=64")
     assert "largest node: cpu=2" in out
+
+
+def test_a_closed_pipe_ends_the_cli_quietly():
+    # `raystudy plan study.yaml | head -1`: the reader leaves early; no traceback, exit 0.
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "raystudy.cli", "plan", str(root / "studies" / "cusp.yaml"),
+                             "--profile", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert first.startswith(b"study 'cusp'") and "Traceback" not in err and "BrokenPipe" not in err
