@@ -14,7 +14,8 @@ from raystudy.spec.load import load_study
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "studies").rglob("*.yaml"))
 IDS = [str(p.relative_to(ROOT / "studies")) for p in STUDIES]
-PAPER_STUDIES = ["cusp", "invariance_vs_robustness", "adversarial_vs_invariance"]
+PAPER_STUDIES = ["cusp", "invariance_vs_robustness", "adversarial_vs_invariance", "sgd_hparams", "sgr",
+                 "svd_universal_gcnn"]
 
 
 def _profiles(path: Path) -> list[str]:
@@ -245,3 +246,79 @@ def test_adversarial_vs_invariance_smoke_runs_through_ray(ray_local, tmp_path):
     rob = _curve(tables, "robustness.pgd")
     for _, g in rob.groupby("trial_id"):
         assert g.loc[g["x"] == 0, "accuracy"].item() >= g["accuracy"].max() - 1e-12
+
+
+# The remaining studies' smoke variants, through the same runner and Ray. The paper studies
+# with their own test above are left out; each of these also asserts a piece of science.
+
+@pytest.mark.slow
+def test_sgd_hparams_smoke_runs_through_ray(ray_local, tmp_path):
+    study, tables = _run_smoke("sgd_hparams", tmp_path)
+    t = tables.trials
+    assert set(t["train.batch_size"]) == {32, 256}
+    # The Hessian's top eigenvalue and the trace were measured, during training too.
+    assert t["hessian.top1"].map(math.isfinite).all() and t["hessian.trace"].map(math.isfinite).all()
+    _same_subset_checks_robustness(tables, "robustness.pgd")
+    from analysis.report import build_chart
+    for i, entry in enumerate(study.spec.report):
+        build_chart(tables, entry, i).to_dict()
+
+
+@pytest.mark.slow
+def test_sgr_smoke_runs_through_ray_with_the_transfer_matrix(ray_local, tmp_path):
+    study, tables = _run_smoke("sgr", tmp_path)
+    t = tables.trials
+    assert set(t["label"]) == {"clean", "fgsm", "sgr_sign"}
+    tr = tables.extra["transfer"]
+    # Every model's examples against every model, per attack; the diagonal is white-box.
+    for _, g in tr.groupby("attack"):
+        assert len(g) == len(t) ** 2
+        assert (g["white_box"] == (g["source_trial"] == g["target_trial"])).all()
+    assert tr["accuracy"].between(0, 1).all()
+    _same_subset_checks_robustness(tables, "robustness.fgsm")
+    from analysis.report import build_chart
+    for i, entry in enumerate(study.spec.report):
+        build_chart(tables, entry, i).to_dict()
+
+
+@pytest.mark.slow
+def test_svd_universal_gcnn_smoke_runs_through_ray(ray_local, tmp_path):
+    study, tables = _run_smoke("svd_universal_gcnn", tmp_path)
+    t = tables.trials
+    assert set(zip(t["model.arch"], t["train.augment.rotation"])) == \
+        {(a, r) for a in ("stdcnn_mnist", "gcnn_mnist") for r in (0, 180)}
+    for a in ("gradient", "fgsm", "deepfool"):
+        c = _curve(tables, f"svd_universal.{a}")
+        # A perturbation of norm 0 fools nothing; rates are rates.
+        assert (c.loc[c["x"] == 0, "fooling_rate"] == 0).all()
+        assert c["fooling_rate"].between(0, 1).all()
+    assert t["invariant_directions.angle"].between(0, 90).all()
+    from analysis.report import build_chart
+    for i, entry in enumerate(study.spec.report):
+        build_chart(tables, entry, i).to_dict()
+
+
+def _same_subset_checks_robustness(tables, metric):
+    """ε = 0 leaves every input unchanged: every prediction agrees with the clean one."""
+    rob = _curve(tables, metric)
+    rob0 = rob[rob["x"] == 0].set_index("trial_id")
+    assert (rob0["consistency"] == 1).all()
+
+
+# quickstart's smoke runs in the fast suite (test_e2e_core); methods/cusp.yaml and
+# methods/sgr.yaml are method studies, not the paper studies of the same name.
+OTHER_STUDIES = [p for p in STUDIES
+                 if str(p.relative_to(ROOT / "studies"))[:-5] not in PAPER_STUDIES + ["quickstart"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", OTHER_STUDIES, ids=[str(p.relative_to(ROOT / "studies")) for p in OTHER_STUDIES])
+def test_every_other_study_smoke_runs_through_ray(ray_local, tmp_path, path):
+    from analysis.load import load
+    from raystudy.runner import run_study
+    study = load_study(path, smoke=True)
+    summary = run_study(study, tmp_path / "results", dashboard=False, verbose=False)
+    assert summary.failed == 0, summary.failures
+    assert summary.completed == len(study.trials)
+    assert (load(summary.out).trials["status"] == "completed").all()
+
