@@ -316,6 +316,12 @@ OTHER_STUDIES = [p for p in STUDIES
 def test_every_other_study_smoke_runs_through_ray(ray_local, tmp_path, path):
     from analysis.load import load
     from raystudy.runner import run_study
+    # A warm-start study needs its source study's results in the same results root.
+    source = {"finetune": "pgd_at"}.get(path.stem) if path.parent.name == "methods" else None
+    if source:
+        first = run_study(load_study(path.parent / f"{source}.yaml", smoke=True), tmp_path / "results",
+                          dashboard=False, verbose=False)
+        assert first.failed == 0, first.failures
     study = load_study(path, smoke=True)
     summary = run_study(study, tmp_path / "results", dashboard=False, verbose=False)
     assert summary.failed == 0, summary.failures
