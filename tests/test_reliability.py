@@ -51,6 +51,17 @@ resources: {{cpu: 1}}
     return p
 
 
+def recorded(out: Path, study, trials) -> Path:
+    """A results folder as a run of `study` leaves it, with `trials` completed (no Ray)."""
+    from raystudy.results import ResultStore, write_json_atomic
+    from raystudy.runner import plan_record
+    out.mkdir(parents=True)
+    write_json_atomic(plan_record(study), out / PLAN)
+    for t in trials:
+        ResultStore(out).record(t.to_ray(), "completed", {"accuracy": 0.5})
+    return out
+
+
 def tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(out / TRIALS).set_index("trial_id"), pd.read_parquet(out / EPOCHS)
 
@@ -213,12 +224,7 @@ def test_changed_base_is_refused_with_a_diff_and_force_new_moves_it_aside(tmp_pa
     res = tmp_path / "res"
     f = study_file(tmp_path, "base", epochs=1, space="seed: {grid: [0, 1]}")
     study = load_study(f)
-    out = res / "base"
-    out.mkdir(parents=True)
-    from raystudy.results import ResultStore, write_json_atomic
-    from raystudy.runner import plan_record
-    write_json_atomic(plan_record(study), out / PLAN)
-    ResultStore(out).record(study.trials[0].to_ray(), "completed", {"accuracy": 0.5})
+    out = recorded(res / "base", study, study.trials[:1])
     # Same base, wider grid or different seeds: accepted.
     wider = load_study(study_file(tmp_path, "base", epochs=1, space="seed: {grid: [0, 1, 2, 3]}"))
     assert check_base(wider, out, force_new=False) is None
@@ -242,26 +248,17 @@ def test_pinning_a_varied_path_with_set_reuses_the_results(tmp_path):
     res = tmp_path / "res"
     f = study_file(tmp_path, "pin", epochs=1, space="seed: {grid: [0]}\n  train.optimizer.lr: {grid: [0.05, 0.1]}")
     study = load_study(f)
-    out = res / "pin"
-    out.mkdir(parents=True)
-    from raystudy.results import ResultStore, write_json_atomic
-    from raystudy.runner import plan_record
-    write_json_atomic(plan_record(study), out / PLAN)
-    for t in study.trials:
-        ResultStore(out).record(t.to_ray(), "completed", {"accuracy": 0.5})
+    out = recorded(res / "pin", study, study.trials)
     pinned = load_study(f, sets=["train.optimizer.lr=0.1"])
     assert len(pinned.trials) == 1 and pinned.trials[0].trial_id in {t.trial_id for t in study.trials}
     assert check_base(pinned, out, force_new=False) is None
     # ... also when the folder was made by the pinned run and the full axis runs next.
-    out2 = res / "pin2"
-    out2.mkdir(parents=True)
-    write_json_atomic(plan_record(pinned), out2 / PLAN)
-    ResultStore(out2).record(pinned.trials[0].to_ray(), "completed", {"accuracy": 0.5})
+    out2 = recorded(res / "pin2", pinned, pinned.trials)
     assert check_base(study, out2, force_new=False) is None
     # A plan written before `varied` was recorded: the trials' params say what varied.
     plan = json.loads((out / PLAN).read_text())
     del plan["varied"]
-    write_json_atomic(plan, out / PLAN)
+    (out / PLAN).write_text(json.dumps(plan))
     assert check_base(pinned, out, force_new=False) is None
     # ... but a params entry with a single value (a constant mapping) is not an axis there.
     from raystudy.runner import _varied_in

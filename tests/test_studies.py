@@ -168,6 +168,13 @@ def _run_smoke(name, tmp_path):
     return study, tables
 
 
+def _charts_build(study, tables):
+    """Every chart of the study's report section builds from the smoke run's tables."""
+    from analysis.report import build_chart
+    for i, entry in enumerate(study.spec.report):
+        build_chart(tables, entry, i).to_dict()
+
+
 def _curve(tables, metric):
     return tables.curves[tables.curves["metric"] == metric]
 
@@ -205,9 +212,7 @@ def test_cusp_smoke_runs_through_ray(ray_local, tmp_path):
     assert list(cusp["method.theta"]) == [90, 180]
     assert list(cusp["method.eps"]) == pytest.approx([0.05, 0.1])
     # The report's CuSP table and Pareto chart build from these tables.
-    from analysis.report import build_chart
-    for i, entry in enumerate(study.spec.report):
-        build_chart(tables, entry, i).to_dict()
+    _charts_build(study, tables)
 
 
 @pytest.mark.slow
@@ -259,9 +264,7 @@ def test_sgd_hparams_smoke_runs_through_ray(ray_local, tmp_path):
     # The Hessian's top eigenvalue and the trace were measured, during training too.
     assert t["hessian.top1"].map(math.isfinite).all() and t["hessian.trace"].map(math.isfinite).all()
     _same_subset_checks_robustness(tables, "robustness.pgd")
-    from analysis.report import build_chart
-    for i, entry in enumerate(study.spec.report):
-        build_chart(tables, entry, i).to_dict()
+    _charts_build(study, tables)
 
 
 @pytest.mark.slow
@@ -276,9 +279,7 @@ def test_sgr_smoke_runs_through_ray_with_the_transfer_matrix(ray_local, tmp_path
         assert (g["white_box"] == (g["source_trial"] == g["target_trial"])).all()
     assert tr["accuracy"].between(0, 1).all()
     _same_subset_checks_robustness(tables, "robustness.fgsm")
-    from analysis.report import build_chart
-    for i, entry in enumerate(study.spec.report):
-        build_chart(tables, entry, i).to_dict()
+    _charts_build(study, tables)
 
 
 @pytest.mark.slow
@@ -293,9 +294,7 @@ def test_svd_universal_gcnn_smoke_runs_through_ray(ray_local, tmp_path):
         assert (c.loc[c["x"] == 0, "fooling_rate"] == 0).all()
         assert c["fooling_rate"].between(0, 1).all()
     assert t["invariant_directions.angle"].between(0, 90).all()
-    from analysis.report import build_chart
-    for i, entry in enumerate(study.spec.report):
-        build_chart(tables, entry, i).to_dict()
+    _charts_build(study, tables)
 
 
 def _same_subset_checks_robustness(tables, metric):
