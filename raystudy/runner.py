@@ -175,12 +175,11 @@ def _writable(out: Path) -> None:
 
 def varied_paths(study: StudyDocument) -> set[str]:
     """Config paths the space varies (grid/choice/.../expr, and each path of a zip)."""
-    from .spec.space import OPERATORS, _operator
+    from .spec.space import ONLY, OPERATORS, _operator
     out: set[str] = set()
     for key, entry in (study.spec.space or {}).items():
         op, arg = _operator(str(key), entry, study.file)
         if op == "zip" and isinstance(arg, dict):
-            from .spec.space import ONLY
             out.update(str(p) for p in arg if p != ONLY)
         elif op in OPERATORS:
             out.add(str(key))

@@ -66,4 +66,3 @@ def warmed_eps(eps: float, warmup_epochs: int, stage_epoch: int) -> float:
     if warmup_epochs <= 0 or stage_epoch >= warmup_epochs:
         return float(eps)
     return float(eps) * (stage_epoch + 1) / (warmup_epochs + 1)
-
