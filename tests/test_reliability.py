@@ -26,8 +26,6 @@ from raystudy.results import EPOCHS, PLAN, TRIALS
 from raystudy.runner import check_base, run_study
 from raystudy.spec import load_study
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,6 +79,7 @@ def reference_losses(trial) -> list[float]:
     return [e["loss"] for e in rep.epochs]
 
 
+@pytest.mark.slow   # real Ray trials
 def test_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path, monkeypatch):
     f = study_file(tmp_path, "kill", epochs=3, extra="tune: {retries: 1}")
     monkeypatch.setenv("RAYSTUDY_FAULT", "kill@2")  # SIGKILL after training epoch 2, before reporting it
@@ -106,6 +105,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path, monkeypa
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
+@pytest.mark.slow   # real Ray trials
 def test_failures_are_recorded_and_the_study_goes_on(ray_local, tmp_path, monkeypatch, capsys):
     # One healthy trial, one that really diverges (lr 1e30), and injected crashes; no retries.
     space = ("case: {grid: [ok, nan, kill, raise, oom]}\n"
@@ -170,6 +170,7 @@ def _interrupted_run_then_resume(tmp_path, name, first_run):
     return after
 
 
+@pytest.mark.slow   # real Ray trials
 def test_ctrl_c_loses_no_finished_trial_and_resumes(ray_local, tmp_path, monkeypatch, capsys):
     def first(f):
         # The driver gets a real SIGINT while the second trial is at epoch 2.
@@ -183,6 +184,7 @@ def test_ctrl_c_loses_no_finished_trial_and_resumes(ray_local, tmp_path, monkeyp
     _interrupted_run_then_resume(tmp_path, "ctrlc", first)
 
 
+@pytest.mark.slow   # real Ray trials
 def test_driver_crash_loses_no_finished_trial_and_resumes(ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
 
@@ -197,6 +199,7 @@ def test_driver_crash_loses_no_finished_trial_and_resumes(ray_local, tmp_path):
     _interrupted_run_then_resume(tmp_path, "crash", first)
 
 
+@pytest.mark.slow   # real Ray trials
 def test_wider_grid_adds_only_new_trials_and_collect_rebuilds(ray_local, tmp_path):
     res = tmp_path / "res"
     f = study_file(tmp_path, "grow", epochs=1, space="seed: {grid: [0]}")
