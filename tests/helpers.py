@@ -21,3 +21,12 @@ def train_stdcnn(data, epochs: int = 1, seed: int = 0):
             loss.backward()
             opt.step()
     return model.eval()
+
+
+def run_metric(metric: str, model, data, /, **opts):
+    """One registered metric on `model` and `data` (CPU), options validated as in a study file
+    (positional-only, so an option may itself be called `name`)."""
+    from raystudy.metrics import EvalContext
+    from raystudy.registry import METRICS
+    entry = METRICS.get(metric)
+    return entry.obj(EvalContext(model, data, torch.device("cpu")), entry.schema.model_validate(opts))

@@ -12,11 +12,10 @@ from raystudy.augment import transform
 from raystudy.errors import StudyError
 from raystudy.metrics import EvalContext, predict
 from raystudy.metrics.invariance import _params
-from raystudy.registry import METRICS
 from raystudy.spec.validate import validate_trial
 
 
-from helpers import train_stdcnn  # noqa: E402
+from helpers import run_metric, train_stdcnn  # noqa: E402
 
 
 class C4Average(nn.Module):
@@ -53,9 +52,8 @@ def trained(mnist_small):
     return train_stdcnn(mnist_small)
 
 
-def run(model, data, **opts):
-    entry = METRICS.get("invariance")
-    return entry.obj(EvalContext(model, data, torch.device("cpu")), entry.schema.model_validate(opts))
+def run(model, data, /, **opts):
+    return run_metric("invariance", model, data, **opts)
 
 
 def curve(res, metric):

@@ -9,11 +9,10 @@ from raystudy.attacks import attack, perturbation_norm
 from raystudy.errors import StudyError
 from raystudy.metrics import EvalContext, predict
 from raystudy.metrics.robustness import eps_label, normalized_auc
-from raystudy.registry import METRICS
 from raystudy.spec.validate import validate_trial
 
 
-from helpers import train_stdcnn  # noqa: E402
+from helpers import run_metric, train_stdcnn  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +20,8 @@ def trained(mnist_small):
     return train_stdcnn(mnist_small)
 
 
-def run(model, data, **opts):
-    entry = METRICS.get("robustness")
-    return entry.obj(EvalContext(model, data, torch.device("cpu")), entry.schema.model_validate(opts))
+def run(model, data, /, **opts):
+    return run_metric("robustness", model, data, **opts)
 
 
 def curve(res):

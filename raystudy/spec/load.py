@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import StudyError, StudyErrors, suggest
 from .paths import get_path, set_path
 from .schema import StudySpec, TrialConfig
+from .space import OPERATORS
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -155,7 +156,6 @@ def apply_overrides(doc: dict, overrides: dict[str, Any], source: str) -> dict:
             path = path[len("space."):]     # the same entry, named with or without `space.`
         if isinstance(space, dict) and path in space:
             entry = space[path]
-            from .space import OPERATORS
             replaces = isinstance(value, dict) and any(k in OPERATORS for k in value)
             if isinstance(entry, dict) and "zip" in entry and not replaces:
                 # A zip's key names its row index: pinning it keeps those rows of the zip
