@@ -65,10 +65,13 @@ class Registry:
         return name in self._entries
 
 
-def _load(module: str) -> Callable[[], None]:
+def _load(*modules: str) -> Callable[[], None]:
+    # By name, not by import statement: the modules that hold the entries import this one,
+    # and the spec layer must be able to ask a registry without importing them up front.
     def load() -> None:
         import importlib
-        importlib.import_module(module)
+        for module in modules:
+            importlib.import_module(module)
     return load
 
 
@@ -78,3 +81,13 @@ METHODS = Registry("training method", _load("raystudy.methods"))
 METRICS = Registry("metric", _load("raystudy.metrics"))
 OPTIMIZERS = Registry("optimizer", _load("raystudy.optim"))
 SCHEDULES = Registry("schedule", _load("raystudy.optim"))
+ATTACKS = Registry("attack", _load("raystudy.attacks"))
+# Study-level steps run once every trial finished (`after:`), e.g. the transfer matrix.
+AFTER_STEPS = Registry("after step", _load("raystudy.poststeps"))
+# Report charts (`report:`): the entry's object is the chart class, which is also its schema.
+CHARTS = Registry("chart", _load("analysis.report"))
+# Validators of whole study sections owned outside the spec layer (`report:`, `after:`): the
+# spec asks this registry instead of importing the modules that know those sections.
+SECTIONS = Registry("study section", _load("raystudy.poststeps", "analysis.report"))
+
+ALL = (DATASETS, MODELS, METHODS, METRICS, OPTIMIZERS, SCHEDULES, ATTACKS, AFTER_STEPS, CHARTS, SECTIONS)
