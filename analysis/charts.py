@@ -30,7 +30,7 @@ def safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", str(name))
 
 
-def _prep(df: pd.DataFrame, cols: Sequence[str | None]) -> tuple[pd.DataFrame, dict[str, str]]:
+def prep(df: pd.DataFrame, cols: Sequence[str | None]) -> tuple[pd.DataFrame, dict[str, str]]:
     """Copy of df with only `cols`, renamed to safe names; returns (data, original -> safe)."""
     cols = [c for c in dict.fromkeys(cols) if c]
     missing = [c for c in cols if c not in df.columns]
@@ -65,29 +65,13 @@ def _color(data_col: str, s: pd.Series, title: str) -> alt.Color:
     return alt.Color(data_col, type=kind, title=title, scale=scale)
 
 
-def _xtitle(metric: str) -> str:
-    """What the `x` of a curve means, per metric family (see each metric's curves)."""
-    if metric.startswith("robustness"):
-        return "ε (L∞ pixel units)" if "l2" not in metric else "ε (L2)"
-    if metric.startswith("invariance.rotation_translation") and not metric.endswith(".fixed"):
-        return "i (rotations in ±i·180°, shifts in ±i·image size)"
-    if metric.startswith("invariance.translation") and not metric.endswith(".fixed"):
-        return "i (shifts in ±i·image size)"
-    if metric.startswith("invariance"):
-        return "θ (degrees)"
-    if metric.startswith("hessian"):
-        return "eigenvalue"
-    if metric.startswith("lrc_noise"):
-        return "noise standard deviation per pixel ([0, 1] pixel units)"
-    if metric.startswith("svd_universal"):
-        return "perturbation norm (L∞)" if metric.endswith(".linf") else "perturbation norm (L2)"
-    if metric == "perturbation_pca":
-        return "principal angle index"
-    if metric.startswith("perturbation_covariance"):
-        return "pixel displacement"
-    if metric == "invariant_directions":
-        return "rotation (degrees)"
-    return "x"
+def curve_x_title(rows: pd.DataFrame) -> str:
+    """The x-axis title of curve rows: their `x_title` column (each metric names its own x, e.g.
+    'ε (L∞ pixel units)'); a neutral "x" for curves recorded before metrics wrote one."""
+    if "x_title" not in rows.columns:
+        return "x"
+    titles = [str(t) for t in dict.fromkeys(rows["x_title"].dropna()) if str(t)]
+    return " / ".join(titles) if titles else "x"
 
 
 def _title(text: str | None, sub: str | None = None):
@@ -119,7 +103,7 @@ def _mean_band(agg: pd.DataFrame, x: str, y_title: str, color: str | None, colum
     agg = add_band(agg, band)
     if raw is not None:
         agg = _clip_rates(agg, raw)
-    data, f = _prep(agg, [x, color, column, "mean", "lo", "hi", "std", "n"])
+    data, f = prep(agg, [x, color, column, "mean", "lo", "hi", "std", "n"])
     scale = alt.Scale(type="log", nice=False) if log_x else alt.Scale(zero=False)
     enc_x = alt.X(f[x], type=x_type, title=x_title, scale=scale)
     tips = [alt.Tooltip(f[c], title=c) for c in (color, column) if c] + [
@@ -144,16 +128,18 @@ def _mean_band(agg: pd.DataFrame, x: str, y_title: str, color: str | None, colum
 
 
 def profile_chart(curves: pd.DataFrame, metric: str, *, y: str = "accuracy", color: str | None = None,
-                  column: str | None = None, band: str = "ci", title: str | None = None) -> alt.Chart:
+                  column: str | None = None, band: str = "ci", title: str | None = None,
+                  x_title: str | None = None) -> alt.Chart:
     """A robustness (value vs ε) or invariance (value vs θ) profile, seeds aggregated.
 
-    `curves`: rows with metric, x, `y` and the config columns named by color/column.
+    `curves`: rows with metric, x, `y` and the config columns named by color/column; the x axis
+    is titled `x_title`, else by the rows' `x_title` column (see curve_x_title).
     """
     rows = curves[curves["metric"] == metric]
     if rows.empty:
         raise ValueError(f"no curve rows with metric '{metric}'")
     agg = aggregate(rows, [c for c in (color, column) if c] + ["x"], y)
-    return _mean_band(agg, "x", y, color, column, _xtitle(metric), band, "quantitative",
+    return _mean_band(agg, "x", y, color, column, x_title or curve_x_title(rows), band, "quantitative",
                       title or f"{metric}: {y}", raw=rows[y])
 
 
@@ -178,7 +164,7 @@ def bar_chart(trials: pd.DataFrame, x: str, y: str, *, color: str | None = None,
               title: str | None = None) -> alt.Chart:
     """Mean of a scalar per config value, error bars over seeds, each seed as a dot."""
     agg = _clip_rates(add_band(aggregate(trials, [c for c in (x, color) if c], y), band), trials[y])
-    data, f = _prep(agg, [x, color, "mean", "lo", "hi", "std", "n"])
+    data, f = prep(agg, [x, color, "mean", "lo", "hi", "std", "n"])
     xt = _nominal_or_ordinal(trials[x])
     offset = alt.XOffset(f[color], type=_nominal_or_ordinal(trials[color])) if color else alt.Undefined
     col = _color(f[color], trials[color], color) if color else alt.Undefined
@@ -194,7 +180,7 @@ def bar_chart(trials: pd.DataFrame, x: str, y: str, *, color: str | None = None,
         layers.append(alt.Chart(data).mark_errorbar(ticks=True).encode(
             x=enc_x, xOffset=offset, y=alt.Y("lo", type="quantitative", title=y), y2=alt.Y2("hi"),
             color=alt.value("#333")))
-    pts, pf = _prep(trials, [x, color, y, "trial_id" if "trial_id" in trials.columns else None])
+    pts, pf = prep(trials, [x, color, y, "trial_id" if "trial_id" in trials.columns else None])
     pts = pts.dropna(subset=[pf[y]])
     ptips = [alt.Tooltip(pf[c], title=c) for c in pf]
     layers.append(alt.Chart(pts).mark_circle(size=30, color="black", opacity=0.7).encode(
@@ -209,7 +195,7 @@ def heatmap_chart(trials: pd.DataFrame, x: str, y: str, value: str, *, title: st
                   scheme: str = "viridis") -> alt.Chart:
     """Mean of `value` over seeds on a grid of two config axes, each cell labelled."""
     agg = aggregate(trials, [x, y], value).dropna(subset=["mean"])
-    data, f = _prep(agg, [x, y, "mean", "std", "n"])
+    data, f = prep(agg, [x, y, "mean", "std", "n"])
     base = alt.Chart(data).encode(
         x=alt.X(f[x], type=_nominal_or_ordinal(agg[x]), title=x, axis=alt.Axis(labelAngle=0)),
         y=alt.Y(f[y], type=_nominal_or_ordinal(agg[y]), title=y, sort="descending"))
@@ -248,7 +234,7 @@ def pareto_chart(df: pd.DataFrame, x: str, y: str, *, maximize: Sequence[str] | 
         pts[color] = g[color].first()
     pts = attainment(pts.reset_index(), dirs)
     pts["front"] = np.where(pts["on_front"], "on the front", "dominated")
-    data, f = _prep(pts, [label, *objs, color if color not in (label, *objs) else None, "front", "rank",
+    data, f = prep(pts, [label, *objs, color if color not in (label, *objs) else None, "front", "rank",
                           "eps_gap", "distance", "n"])
     data = data.dropna(subset=[f[x], f[y]])
     arrows = {"max": "↑", "min": "↓"}
@@ -287,8 +273,9 @@ def pareto_chart(df: pd.DataFrame, x: str, y: str, *, maximize: Sequence[str] | 
 
 def density_chart(curves: pd.DataFrame, metric: str = "hessian.density", *, y: str = "density",
                   color: str | None = None, column: str | None = None, log_y: bool = True,
-                  floor: float = 1e-8, title: str | None = None) -> alt.Chart:
-    """Hessian eigenvalue density (stochastic Lanczos quadrature), one line per trial."""
+                  floor: float = 1e-8, title: str | None = None, x_title: str | None = None) -> alt.Chart:
+    """Hessian eigenvalue density (stochastic Lanczos quadrature), one line per trial; the x axis
+    is titled as in profile_chart."""
     rows = curves[curves["metric"] == metric]
     if rows.empty:
         raise ValueError(f"no curve rows with metric '{metric}'")
@@ -297,11 +284,12 @@ def density_chart(curves: pd.DataFrame, metric: str = "hessian.density", *, y: s
         # bulk; below floor × the peak nothing is readable, so those grid points are dropped.
         v = pd.to_numeric(rows[y], errors="coerce")
         rows = rows[v > floor * v.max()]
-    data, f = _prep(rows, ["trial_id", "x", y, color, column, "label" if "label" in rows.columns else None])
+    x_title = x_title or curve_x_title(rows)
+    data, f = prep(rows, ["trial_id", "x", y, color, column, "label" if "label" in rows.columns else None])
     tips = [alt.Tooltip(f[c], title=c) for c in f if c not in ("x", y)] + [
-        alt.Tooltip("x", title="eigenvalue", format=FMT), alt.Tooltip(f[y], title=y, format=FMT)]
+        alt.Tooltip("x", title=x_title, format=FMT), alt.Tooltip(f[y], title=y, format=FMT)]
     chart = alt.Chart(data).mark_line(opacity=0.8, strokeWidth=1.2).encode(
-        x=alt.X("x", type="quantitative", title="eigenvalue"),
+        x=alt.X("x", type="quantitative", title=x_title),
         y=alt.Y(f[y], type="quantitative", title=y, scale=alt.Scale(type="log") if log_y else alt.Undefined),
         color=_color(f[color], rows[color], color) if color else alt.Undefined,
         detail=alt.Detail("trial_id", type="nominal"), tooltip=tips).properties(width=WIDTH, height=HEIGHT)
@@ -314,7 +302,7 @@ def transfer_chart(df: pd.DataFrame, *, source: str = "source", target: str = "t
                    value: str = "accuracy", title: str | None = None) -> alt.Chart:
     """Transfer-attack matrix: rows craft the attack (source), columns are attacked (target)."""
     agg = aggregate(df, [source, target], value)
-    data, f = _prep(agg, [source, target, "mean", "n"])
+    data, f = prep(agg, [source, target, "mean", "n"])
     base = alt.Chart(data).encode(x=alt.X(f[target], type="nominal", title=f"{target} (attacked model)"),
                                   y=alt.Y(f[source], type="nominal", title=f"{source} (attack crafted on)"))
     rect = base.mark_rect().encode(
@@ -344,7 +332,7 @@ def table_chart(df: pd.DataFrame, rows: str, columns: Mapping[str, str], *, titl
     # Shade within each column so a column of small numbers is not washed out by another.
     agg["shade"] = agg.groupby("column")["mean"].transform(
         lambda s: (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else 0.5)
-    data, f = _prep(agg, [rows, "column", "value", "text", "mean", "std", "n", "shade"])
+    data, f = prep(agg, [rows, "column", "value", "text", "mean", "std", "n", "shade"])
     order = list(columns)
     row_order = list(dict.fromkeys(df[rows].tolist()))
     base = alt.Chart(data).encode(

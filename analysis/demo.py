@@ -55,13 +55,16 @@ def demo_values(trial: dict, rng: np.random.Generator) -> tuple[dict, list[dict]
     rot = p["train.augment.rotation"]
     acc = 0.98 - 0.10 * adv - 0.0002 * rot + rng.normal(0, 0.005)
     top1 = 20.0 * (1 + adv) + rng.normal(0, 1.0)
-    curves = [{"metric": "robustness.pgd", "x": e, "accuracy": acc * max(0.0, 1 - e / (0.05 + 0.25 * adv)),
+    curves = [{"metric": "robustness.pgd", "x": e, "x_title": "ε (L∞ pixel units)",
+               "accuracy": acc * max(0.0, 1 - e / (0.05 + 0.25 * adv)),
                "consistency": max(0.0, 1 - e / (0.05 + 0.25 * adv))} for e in EPS]
-    curves += [{"metric": "invariance.rotation", "x": t, "accuracy": acc * (1 - 0.5 * t / 180 * (1 - rot / 180)),
+    curves += [{"metric": "invariance.rotation", "x": t, "x_title": "θ (degrees)",
+                "accuracy": acc * (1 - 0.5 * t / 180 * (1 - rot / 180)),
                 "consistency": 1 - 0.5 * t / 180 * (1 - rot / 180)} for t in THETAS]
     grid = np.linspace(-5, 60, 66)
     dens = 0.95 * np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi) + 0.05 * np.exp(-(grid - top1) ** 2 / 2) / np.sqrt(2 * np.pi)
-    curves += [{"metric": "hessian.density", "x": float(g), "density": float(d)} for g, d in zip(grid, dens)]
+    curves += [{"metric": "hessian.density", "x": float(g), "x_title": "eigenvalue", "density": float(d)}
+               for g, d in zip(grid, dens)]
     result = {"accuracy": acc, "accuracy.val": acc - 0.01, "hessian.top1": top1, "wall_time_s": 5.0,
               "final": True, "_curves": json.dumps(curves)}
     epochs = [{"epoch": k, "loss": 2.0 / k, "val_accuracy": acc * (1 - 0.3 / k), "lr": 0.001} for k in (1, 2, 3)]

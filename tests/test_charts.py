@@ -183,3 +183,20 @@ def test_epochs_chart_groups_by_epoch():
     spec = check_common(charts.epochs_chart(ep, color="rot"))
     data = layer_data(spec, 1)
     assert data.sort_values("epoch")["mean"].tolist() == pytest.approx([0.605, 0.705, 0.805])
+
+
+def test_curves_title_their_own_x_axis_and_old_results_get_a_neutral_x():
+    # Each metric writes its x-axis title into its curve rows (x_title); the chart never guesses
+    # it from the metric's name, so a folder recorded before x_title existed shows a plain "x".
+    cur = curves_table(trials_table())
+    cur["x_title"] = np.where(cur["metric"] == "robustness.pgd", "ε (L∞ pixel units)", "eigenvalue")
+    prof = charts.profile_chart(cur, "robustness.pgd").to_dict()
+    assert {l["encoding"]["x"]["title"] for l in prof["layer"]} == {"ε (L∞ pixel units)"}
+    assert "ε (L∞ pixel units)" in [t.get("title") for t in prof["layer"][1]["encoding"]["tooltip"]]
+    dens = charts.density_chart(cur).to_dict()
+    assert dens["encoding"]["x"]["title"] == "eigenvalue"
+    assert charts.profile_chart(cur, "robustness.pgd", x_title="eps").to_dict()["layer"][0]["encoding"]["x"]["title"] == "eps"
+    old = cur.drop(columns="x_title")
+    assert {l["encoding"]["x"]["title"] for l in charts.profile_chart(old, "robustness.pgd").to_dict()["layer"]} == {"x"}
+    assert charts.density_chart(old).to_dict()["encoding"]["x"]["title"] == "x"
+    assert charts.curve_x_title(old.assign(x_title=None)) == "x"
