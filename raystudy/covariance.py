@@ -43,7 +43,7 @@ def _second_moments(delta: torch.Tensor, estimator: str) -> torch.Tensor:
         r = r / (h * w)
     else:
         raise ValueError(f"unknown estimator {estimator!r} (expected 'biased' or 'unbiased')")
-    return (r / n).to(delta.dtype)
+    return r / n                    # float64: centring subtracts two close numbers
 
 
 def displacement_covariance(delta: torch.Tensor, estimator: str = "biased", center: bool = False) -> torch.Tensor:
@@ -62,13 +62,13 @@ def displacement_covariance(delta: torch.Tensor, estimator: str = "biased", cent
     k = _second_moments(delta, estimator)
     if center:
         k = k - _second_moments(delta.mean(0, keepdim=True), estimator)
-    return k
+    return k.to(delta.dtype)
 
 
 def mean_term(mean: torch.Tensor, estimator: str = "biased", radius: int | None = None) -> torch.Tensor:
     """The covariance function of μμᵀ for a mean perturbation μ (C, H, W), cropped like Σ:
     subtracting it from running raw moments gives the running covariance."""
-    return crop_radius(_second_moments(mean[None], estimator), radius)
+    return crop_radius(_second_moments(mean[None], estimator), radius).to(mean.dtype)
 
 
 def mean_energy_fraction(delta: torch.Tensor) -> torch.Tensor:
