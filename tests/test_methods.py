@@ -83,11 +83,11 @@ def test_pgd_stays_in_the_ball_restores_train_mode_and_leaves_no_param_grads():
 def test_predicted_labels_option_attacks_the_models_own_prediction():
     model = small_cnn()
     x, y = batch()
-    m = method("fgsm_at", eps=0.05, labels="predicted")
+    m = method("fgsm_at", eps=0.05, labels="predicted", clean_weight=0.0)
     loss, _ = m.loss(model, x, y, state())
     adv = fgsm(model, x, predicted_labels(model, x), 0.05)
     assert torch.allclose(loss, F.cross_entropy(model(adv), y))
-    m_true = method("fgsm_at", eps=0.05)
+    m_true = method("fgsm_at", eps=0.05, clean_weight=0.0)
     loss_true, _ = m_true.loss(model, x, y, state())
     assert torch.allclose(loss_true, F.cross_entropy(model(fgsm(model, x, y, 0.05)), y))
 
@@ -98,12 +98,88 @@ def test_mixed_fraction_0_is_natural_and_fraction_1_is_fgsm_at():
     l0, _ = method("mixed", fraction=0.0).loss(model, x, y, state())
     assert torch.allclose(l0, F.cross_entropy(model(x), y))
     l1, _ = method("mixed", fraction=1.0, eps=0.1, labels="true").loss(model, x, y, state())
-    lf, _ = method("fgsm_at", eps=0.1).loss(model, x, y, state())
+    lf, _ = method("fgsm_at", eps=0.1, clean_weight=0.0).loss(model, x, y, state())
     assert torch.allclose(l1, lf)
     # Half: the first half of the (shuffled) batch is adversarial, the rest clean.
     lh, _ = method("mixed", fraction=0.5, eps=0.1, labels="true").loss(model, x, y, state())
     adv = fgsm(model, x[:8], y[:8], 0.1)
     assert torch.allclose(lh, F.cross_entropy(model(torch.cat([adv, x[8:]])), y))
+
+
+def test_fgsm_at_default_is_goodfellows_half_clean_half_adversarial_loss():
+    model = small_cnn()
+    x, y = batch()
+    m = method("fgsm_at", eps=0.1)
+    loss, logs = m.loss(model, x, y, state())
+    adv = fgsm(model, x, y, 0.1)
+    # Goodfellow et al. (2015, Sec. 6): α·J(x) + (1 − α)·J(x + ε·sign(∇ₓJ)), α = 0.5.
+    want = 0.5 * F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(adv), y)
+    assert torch.allclose(loss, want)
+    assert not torch.allclose(loss, F.cross_entropy(model(adv), y))     # the old, adversarial-only loss
+    assert {"train_acc", "train_adv_acc"} <= set(logs)
+    assert m.epoch_log() == {"method.eps": 0.1, "method.clean_weight": 0.5, "method.alpha": 0.1}
+    l3, _ = method("fgsm_at", eps=0.1, clean_weight=0.25).loss(model, x, y, state())
+    assert torch.allclose(l3, 0.25 * F.cross_entropy(model(x), y) + 0.75 * F.cross_entropy(model(adv), y))
+    l1, _ = method("fgsm_at", eps=0.1, clean_weight=1.0).loss(model, x, y, state())
+    assert torch.allclose(l1, F.cross_entropy(model(x), y))
+
+
+def test_fgsm_rs_is_wong_et_als_random_init_step_on_softmax_regression():
+    model = Linear(12, 3)
+    x = torch.rand(6, 1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x[0, 0, 0] = 0.0                                     # pixels at the box edge get clipped
+    x[1, 0, 1] = 1.0
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    eps = 0.1
+    m = method("fgsm_rs", eps=eps)
+    assert (m.options.clean_weight, m.options.random_init, m.options.step()) == (0.0, True, pytest.approx(0.125))
+    loss, _ = m.loss(model, x, y, state(9))
+    # Written out (Wong et al. 2020, Alg. 3): δ ~ U[−ε, ε], x + δ clipped to [0, 1]; one step
+    # of α = 1.25·ε along sign(∇ₓCE) = sign(Wᵀ(p − e_y)); δ clipped to [−ε, ε], x + δ to [0, 1].
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    x0 = (x + (2 * u - 1) * eps).clamp(0, 1)
+    p = torch.softmax(model(x0), 1)
+    grad = ((p - F.one_hot(y, 3).double()) @ model.w).view_as(x)
+    delta = (x0 - x + 1.25 * eps * grad.sign()).clamp(-eps, eps)
+    x_adv = (x + delta).clamp(0, 1)
+    assert torch.allclose(loss, F.cross_entropy(model(x_adv), y))
+    # fgsm_at with random_init: true is the same method with Goodfellow's clean half.
+    la, _ = method("fgsm_at", eps=eps, random_init=True).loss(model, x, y, state(9))
+    assert torch.allclose(la, 0.5 * F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(x_adv), y))
+
+
+@pytest.mark.parametrize("opts, path", [
+    ({"name": "fgsm_at", "clean_weight": -0.5}, "train.method.clean_weight"),
+    ({"name": "fgsm_at", "clean_weight": 2}, "train.method.clean_weight"),
+    ({"name": "fgsm_rs", "alpha": 0}, "train.method.alpha"),
+    ({"name": "fgsm_at", "random_init": "sometimes"}, "train.method.random_init"),
+    ({"name": "sgr", "center": True, "covariance": "identity"}, "train.method.center"),
+])
+def test_new_method_options_reject_nonsense_naming_the_key(opts, path):
+    from raystudy.spec.validate import validate_trial
+    with pytest.raises(StudyError) as e:
+        validate_trial({"model": {"arch": "stdcnn_mnist"}, "train": {"method": opts}})
+    assert str(e.value).startswith(path + ":")
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_training_and_evaluation_pgd_produce_the_same_iterates(dtype, tol):
+    from raystudy.attacks import attack
+    model = small_cnn().to(dtype).train()
+    x, y = batch()
+    x = x.to(dtype)
+    # Each k-step run ends at the k-th iterate of one deterministic trajectory.
+    for steps in (1, 2, 5):
+        a = attack(model, "pgd", x, y, 0.1, steps=steps, alpha=0.03, random_start=False)
+        b = pgd(model, x, y, 0.1, 0.03, steps, random_start=False)
+        assert (a - b).abs().max() <= tol, steps
+        assert (a - x).abs().max() > 0.02                   # it moved
+    # The same random start: torchattacks draws U[−ε, ε] from torch's global RNG (seeded by
+    # `attack`), training from its generator; seeded alike, the draws coincide.
+    a = attack(model, "pgd", x, y, 0.1, steps=3, alpha=0.03, random_start=True, seed=7)
+    b = pgd(model, x, y, 0.1, 0.03, 3, random_start=True, generator=torch.Generator().manual_seed(7))
+    assert (a - b).abs().max() <= tol
+    assert model.training
 
 
 def test_pgd_at_trains_on_the_pgd_example_and_logs_eps():

@@ -1,4 +1,5 @@
-"""Adversarial training: PGD-AT (Madry et al., 2018), FGSM-AT (Goodfellow et al., 2015) and
+"""Adversarial training: PGD-AT (Madry et al., 2018), FGSM-AT (Goodfellow et al., 2015), its
+random-init variant FGSM-RS (Wong, Rice, Kolter, "Fast is better than free", 2020) and
 adversarially augmented training (a clean/adversarial mixture per batch, Kurakin et al., 2017;
 the "adversarially augmented training" baseline of Roth et al., SGR).
 
@@ -56,8 +57,15 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
         random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """ℓ∞ PGD of Madry et al.: optional uniform random start in the ε-ball, `steps` signed
-    gradient steps, each followed by projection onto the ε-ball ∩ [0, 1]. Eval mode, detached."""
+    """ℓ∞ PGD of Madry et al.: optional uniform random start in the ε-ball (clipped to [0, 1]),
+    `steps` signed gradient steps, each followed by projection onto the ε-ball ∩ [0, 1]. Eval
+    mode, detached.
+
+    The evaluation's PGD (raystudy.attacks, torchattacks.PGD) computes the same iterates from
+    the same start with the same ε, step and steps (tests/test_methods.py pins it; the random
+    start matches too when `generator` and torchattacks' global RNG are seeded alike). Only
+    the defaults differ: training (PGDOptions) takes 40 steps of 0.01 with a random start;
+    evaluation takes 10 steps (`steps`) of 2.5·ε/steps (`alpha`) with a random start."""
     x = x.detach()
     if eps == 0 or steps == 0:
         return x
@@ -87,8 +95,29 @@ class PGDOptions(Options):
 
 
 class FGSMOptions(Options):
+    """Goodfellow et al. (Sec. 6): CE on a mix of clean and FGSM inputs with clean weight
+    α = 0.5, the step equal to ε. `random_init` starts the step from a uniform point of the
+    ε-ball (Wong et al.'s FGSM-RS, whose step is 1.25·ε)."""
+
     eps: Eps = 0.3
     labels: Labels = "true"
+    clean_weight: float = Field(0.5, ge=0.0, le=1.0)
+    random_init: bool = False
+    # The signed-gradient step (default ε, or 1.25·ε with random_init); pixel units.
+    alpha: Number | None = Field(None, gt=0)
+
+    def step(self) -> float:
+        if self.alpha is not None:
+            return float(self.alpha)
+        return 1.25 * float(self.eps) if self.random_init else float(self.eps)
+
+
+class FGSMRSOptions(FGSMOptions):
+    """Wong et al.'s FGSM-RS ("Fast is better than free", 2020): uniform start in the ε-ball,
+    one step of α = 1.25·ε, trained on the adversarial examples only."""
+
+    clean_weight: float = Field(0.0, ge=0.0, le=1.0)
+    random_init: bool = True
 
 
 class MixedOptions(Options):
@@ -135,15 +164,38 @@ class PGDAT(Method):
 @METHODS.register("fgsm_at", FGSMOptions)
 class FGSMAT(Method):
     """FGSM adversarial training (Goodfellow et al., "Explaining and Harnessing Adversarial
-    Examples", 2015): minimize CE on x + ε·sign(∇ₓℓ)."""
+    Examples", 2015, Sec. 6): α·CE(f(x), y) + (1 − α)·CE(f(x + ε·sign(∇ₓℓ)), y) with α =
+    `clean_weight` (0.5 in the paper). With `random_init` the step α_step·sign(∇ℓ) starts at a
+    uniform point of the ε-ball and is projected back onto it (Wong et al., 2020)."""
+
+    def adversarial(self, model, x, y, state) -> torch.Tensor:
+        o = self.options
+        ya = attack_labels(model, x, y, o.labels)
+        # One PGD step is FGSM: from x with step ε, or from a uniform start (FGSM-RS).
+        return pgd(model, x, ya, float(o.eps), o.step(), 1, o.random_init, state.generator)
 
     def loss(self, model, x, y, state):
-        o = self.options
-        x_adv = fgsm(model, x, attack_labels(model, x, y, o.labels), o.eps)
-        return _ce_logs(model(x_adv), y, "train_adv_acc")
+        w = float(self.options.clean_weight)
+        if w == 1.0:
+            return _ce_logs(model(x), y, "train_acc")
+        loss, logs = _ce_logs(model(self.adversarial(model, x, y, state)), y, "train_adv_acc")
+        if w == 0.0:
+            return loss, logs
+        # Two forwards, not one concatenated batch: BatchNorm statistics stay per half, as in
+        # the paper's sum of two losses.
+        clean, clean_logs = _ce_logs(model(x), y, "train_acc")
+        return w * clean + (1 - w) * loss, {**logs, **clean_logs}
 
     def epoch_log(self):
-        return {"method.eps": float(self.options.eps)}
+        return {"method.eps": float(self.options.eps), "method.clean_weight": float(self.options.clean_weight),
+                "method.alpha": self.options.step()}
+
+
+@METHODS.register("fgsm_rs", FGSMRSOptions)
+class FGSMRS(FGSMAT):
+    """FGSM with a random start (Wong, Rice, Kolter, "Fast is better than free: Revisiting
+    adversarial training", ICLR 2020): δ ~ U[−ε, ε], δ ← Π_ε(δ + 1.25·ε·sign(∇δ ℓ(x + δ))),
+    x + δ clipped to [0, 1]; CE on x + δ only (clean_weight 0)."""
 
 
 @METHODS.register("mixed", MixedOptions)

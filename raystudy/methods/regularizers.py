@@ -7,20 +7,34 @@ GN is Σ = I. For SGR, Σ is the exponential running average (decay β, Eq. 14) 
 moments E[δδᵀ] of per-example L2-normalized adversarial perturbations δ (from the loss
 gradient, its sign, FGSM or PGD). For images, Σ is stored as a covariance *function of pixel
 displacement* (Eq. 16): K[c, c', Δ] = E mean_p δ[c, p]·δ[c', p + Δ], so Σ_{(c,p),(c',q)} =
-K[c, c', q − p] and Σg is a convolution of g with K — never a d×d matrix. Both Σ are rescaled
-so their mean diagonal entry equals the mean per-pixel variance of the training data
-(Sec. 3.3), which makes λ a noise-to-signal ratio. The uncentered correction (Eq. 12) is left
-out: the paper reports it small.
+K[c, c', q − p] and Σg is a convolution of g with K — never a d×d matrix (raystudy.covariance,
+shared with the `perturbation_covariance` metric). Both Σ are rescaled so their mean diagonal
+entry equals the mean per-pixel variance of the training data (Sec. 3.3), which makes λ a
+noise-to-signal ratio.
+
+`center: true` subtracts the running mean perturbation μ (Σ = E[δδᵀ] − μμᵀ, the covariance of
+the zero-mean noise the derivation assumes, Eq. 5); the default keeps the paper's raw moments
+(Eq. 14–15, footnote 4). The uncentred regularizer's extra term (Eq. 12) is left out either
+way: the paper reports it small. A cropped (`radius`) or unbiased K can stand for an
+indefinite Σ; it is projected onto the PSD cone (covariance.project_psd) before use.
+
+The penalty's input gradients are per example: BatchNorm layers take them with their running
+statistics, since in train mode the batch statistics make example i's gradient depend on
+example j.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
+from torch import nn
 
+from ..covariance import (apply_displacement, crop_radius, dense_from_displacement,  # noqa: F401
+                          displacement_covariance, identity_displacement, mean_term, normalized, project_psd)
 from ..errors import StudyError
 from ..registry import METHODS, Options
 from ..spec.types import Eps, Number
@@ -31,91 +45,59 @@ from .base import Method
 DENSE_MAX_DIM = 4096
 
 
-# ----------------------------------------------------------------- covariance function
+# ------------------------------------------------------------------- per-example gradients
 
-def displacement_covariance(delta: torch.Tensor, estimator: str = "biased") -> torch.Tensor:
-    """K[c, c', Δ] (shape C×C×(2H−1)×(2W−1), Δ = 0 at the centre) from perturbations (N,C,H,W).
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if any(not m.track_running_stats for m in bns):
+        raise StudyError("the model has a BatchNorm layer without running statistics, so its input "
+                         "gradients mix the examples of a batch in every mode",
+                         path="train.method", expected="a model without BatchNorm, or BatchNorm with "
+                         "running statistics", hint="use a natural or adversarial training method for it")
+    return [m for m in bns if m.training]
 
-    Each entry averages δ[c, p]·δ[c', p+Δ] over images and over the pixel pairs at that
-    displacement: "unbiased" divides by the number of such pairs, "biased" by H·W. The biased
-    estimate is the autocorrelation of the zero-padded signal and so always gives a positive
-    semi-definite Σ (a penalty that cannot go negative); the unbiased one weights long
-    displacements, seen by few pairs, as much as short ones but may lose definiteness.
-    """
-    n, c, h, w = delta.shape
-    fh, fw = 2 * h - 1, 2 * w - 1
-    # Zero-padding to (2H−1, 2W−1) makes the FFT's circular correlation the linear one.
-    f = torch.fft.rfft2(delta.double(), s=(fh, fw))
-    cross = torch.einsum("nchw,ndhw->cdhw", f.conj(), f)
-    r = torch.fft.irfft2(cross, s=(fh, fw))
-    r = torch.roll(r, shifts=(h - 1, w - 1), dims=(2, 3))
-    if estimator == "unbiased":
-        dr = torch.arange(fh, device=delta.device) - (h - 1)
-        dc = torch.arange(fw, device=delta.device) - (w - 1)
-        count = (h - dr.abs())[:, None] * (w - dc.abs())[None, :]
-        r = r / count
+
+@contextlib.contextmanager
+def batchnorm_running_stats(model: nn.Module):
+    """BatchNorm layers normalize with their running statistics (each example on its own);
+    every other layer keeps its mode (escnn's R2Conv must not switch to eval, see PITFALLS).
+
+    The graph built here keeps copies of the statistics: the train-mode forward that follows
+    updates the buffers in place, and the double backprop would otherwise read the updated
+    values, which hold the whole batch."""
+    bns = _batchnorms(model)
+    saved = [(m.running_mean, m.running_var) for m in bns]
+    for m, (mean, var) in zip(bns, saved):
+        m.running_mean, m.running_var = mean.clone(), var.clone()
+        m.train(False)
+    try:
+        yield model
+    finally:
+        for m, (mean, var) in zip(bns, saved):
+            m.running_mean, m.running_var = mean, var
+            m.train(True)
+
+
+def penalty_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """(logits, per-example CE, ∇ₓ CE(f(xₙ), yₙ) with graph for double backprop).
+
+    With BatchNorm in train mode, ∂(Σₙ CEₙ)/∂xᵢ also holds the other examples' losses through
+    the batch mean and variance; the penalty's gradients then come from a second forward with
+    the running statistics (the function the attacks and the evaluation see), while the CE
+    and the running statistics' update come from the usual train-mode forward. The penalty's
+    forward runs first, so the statistics it uses hold nothing of this batch."""
+    bns = _batchnorms(model)
+    xg = x.detach().requires_grad_(True)
+    if bns:
+        with batchnorm_running_stats(model):
+            ce_g = F.cross_entropy(model(xg), y, reduction="none")
+        logits = model(x.detach())
+        ce = F.cross_entropy(logits, y, reduction="none")
     else:
-        r = r / (h * w)
-    return (r / n).to(delta.dtype)
-
-
-def apply_displacement(k: torch.Tensor, g: torch.Tensor, method: str = "auto") -> torch.Tensor:
-    """Σg with Σ_{(c,p),(c',q)} = K[c, c', q − p]: the cross-correlation of g with K, zero
-    outside the image. K may be cropped to a radius r (shape (2r+1)×(2r+1)).
-
-    Small kernels run as conv2d; the full (2H−1)×(2W−1) kernel runs through the FFT (the
-    direct convolution costs H·W·(2H−1)·(2W−1) per image and dominates the training step).
-    """
-    ph, pw = (k.shape[2] - 1) // 2, (k.shape[3] - 1) // 2
-    k = k.to(g.dtype)
-    if method == "conv" or (method == "auto" and max(ph, pw) <= 3):
-        return F.conv2d(g, k, padding=(ph, pw))
-    h, w = g.shape[2], g.shape[3]
-    # out[p] = Σ_q K[q − p] g[q] is the full linear convolution of g with the flipped kernel,
-    # read at offset (ph, pw); an FFT of size ≥ H + 2·ph keeps it from wrapping around.
-    sh, sw = h + 2 * ph, w + 2 * pw
-    kf = torch.fft.rfft2(torch.flip(k, dims=(2, 3)), s=(sh, sw))
-    gf = torch.fft.rfft2(g, s=(sh, sw))
-    full = torch.fft.irfft2(torch.einsum("cdhw,ndhw->nchw", kf, gf), s=(sh, sw))
-    return full[:, :, ph:ph + h, pw:pw + w]
-
-
-def crop_radius(k: torch.Tensor, radius: int | None) -> torch.Tensor:
-    ch, cw = (k.shape[2] - 1) // 2, (k.shape[3] - 1) // 2
-    if radius is None or radius >= max(ch, cw):
-        return k
-    rh, rw = min(radius, ch), min(radius, cw)
-    return k[:, :, ch - rh:ch + rh + 1, cw - rw:cw + rw + 1]
-
-
-def dense_from_displacement(k: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """The d×d matrix a covariance function stands for (for tests and small images only)."""
-    c = k.shape[0]
-    ch, cw = (k.shape[2] - 1) // 2, (k.shape[3] - 1) // 2
-    rows = torch.arange(h).repeat_interleave(w)
-    cols = torch.arange(w).repeat(h)
-    dr = rows[None, :] - rows[:, None] + ch          # q − p, shifted to kernel indices
-    dc = cols[None, :] - cols[:, None] + cw
-    inside = (dr >= 0) & (dr < k.shape[2]) & (dc >= 0) & (dc < k.shape[3])
-    dense = torch.zeros(c, h * w, c, h * w, dtype=k.dtype, device=k.device)
-    for a in range(c):
-        for b in range(c):
-            blk = k[a, b][dr.clamp(0, k.shape[2] - 1), dc.clamp(0, k.shape[3] - 1)]
-            dense[a, :, b, :] = blk * inside
-    return dense.reshape(c * h * w, c * h * w)
-
-
-def identity_displacement(c: int, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """The covariance function of Σ = I: a unit impulse at Δ = 0 on the channel diagonal."""
-    k = torch.zeros(c, c, 2 * h - 1, 2 * w - 1, device=device, dtype=dtype)
-    k[torch.arange(c), torch.arange(c), h - 1, w - 1] = 1.0
-    return k
-
-
-def normalized(delta: torch.Tensor) -> torch.Tensor:
-    """Per-example unit L2 norm (all-zero perturbations stay zero)."""
-    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return delta / norm.view(-1, *([1] * (delta.dim() - 1)))
+        logits = model(xg)
+        ce = ce_g = F.cross_entropy(logits, y, reduction="none")
+    # create_graph: the penalty's own gradient (double backprop) trains the weights.
+    return logits, ce, torch.autograd.grad(ce_g.sum(), xg, create_graph=True)[0]
 
 
 # --------------------------------------------------------------------------- methods
@@ -145,6 +127,16 @@ class SGROptions(GNOptions):
     update_every: int = Field(1, ge=1)
     # identity: Σ = I through the same convolution (SGR then equals GN; a check).
     covariance: Literal["estimated", "identity"] = "estimated"
+    # true: Σ = E[δδᵀ] − μμᵀ (running mean μ); false: the paper's raw second moments.
+    center: bool = False
+
+    @field_validator("center")
+    @classmethod
+    def _center_needs_an_estimate(cls, v: bool, info):
+        if v and info.data.get("covariance") == "identity":
+            raise ValueError("center: true subtracts the mean perturbation from an estimated Σ, "
+                             "but covariance: identity estimates none (remove center or the identity)")
+        return v
 
 
 @METHODS.register("gn", GNOptions)
@@ -172,11 +164,7 @@ class GradientNorm(Method):
     def loss(self, model, x, y, state):
         self._update_scale(x)
         self.prepare(model, x, y, state)
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        ce = F.cross_entropy(logits, y, reduction="none")
-        # create_graph: the penalty's own gradient (double backprop) trains the weights.
-        g = torch.autograd.grad(ce.sum(), x, create_graph=True)[0]
+        logits, ce, g = penalty_gradients(model, x, y)
         quad = (g * self.apply_sigma(g)).flatten(1).sum(1)
         reg = 0.5 * self.options.strength * quad.mean()
         return ce.mean() + reg, {"train_acc": (logits.argmax(1) == y).float().mean().detach(),
@@ -197,12 +185,17 @@ class GradientNorm(Method):
 @METHODS.register("sgr", SGROptions)
 class StructuredGradient(GradientNorm):
     """Structured gradient regularization (Roth et al., 2018): CE + (λ/2)·E[∇ₓℓᵀ Σ ∇ₓℓ] with Σ the
-    running raw second moments of normalized adversarial perturbations, as a displacement
-    covariance function applied by convolution (or a dense matrix for small inputs)."""
+    running raw second moments (or, with center, the covariance) of normalized adversarial
+    perturbations, as a displacement covariance function applied by convolution (or a dense
+    matrix for small inputs), made positive semi-definite and rescaled to the data's variance."""
 
     def __init__(self, options, info=None):
         super().__init__(options, info)
-        self.sigma: torch.Tensor | None = None     # K (displacement) or M (dense), unscaled
+        self.sigma: torch.Tensor | None = None     # running raw moments: K (displacement) or M (dense)
+        self.mean: torch.Tensor | None = None      # running mean of the normalized perturbations
+        self.effective: torch.Tensor | None = None  # the Σ the penalty uses, before rescaling
+        self.min_eig = float("nan")                # smallest eigenvalue before the PSD projection
+        self.hw: tuple[int, int] | None = None
         self.steps = 0
         if info is not None and options.form == "dense":
             d = info.channels * info.height * info.width
@@ -230,30 +223,67 @@ class StructuredGradient(GradientNorm):
             return flat.T @ flat / flat.shape[0]
         return crop_radius(displacement_covariance(delta, self.options.estimator), self.options.radius)
 
+    def _blend(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+        return new if old is None else self.options.decay * old + (1 - self.options.decay) * new
+
     def prepare(self, model, x, y, state) -> None:
         o = self.options
+        self.hw = (x.shape[2], x.shape[3])
         if o.covariance == "identity":
             if self.sigma is None:
                 n, c, h, w = x.shape
                 k = identity_displacement(c, h, w, x.device)
                 self.sigma = (torch.eye(c * h * w, device=x.device) if o.form == "dense"
                               else crop_radius(k, o.radius))
+            self.effective = self.sigma
             return
         if self.sigma is None or self.steps % o.update_every == 0:
-            batch = self.estimate(self.perturbations(model, x, y, state))
-            self.sigma = batch if self.sigma is None else o.decay * self.sigma + (1 - o.decay) * batch
+            delta = self.perturbations(model, x, y, state)
+            self.sigma = self._blend(self.sigma, self.estimate(delta))
+            self.mean = self._blend(self.mean, normalized(delta.detach().float()).mean(0))
+            self.effective = None
         self.steps += 1
+        if self.effective is None:
+            self.effective = self._effective()
+
+    def _effective(self) -> torch.Tensor:
+        o = self.options
+        s = self.sigma
+        if o.center and self.mean is not None:
+            if o.form == "dense":
+                m = self.mean.flatten()
+                s = s - torch.outer(m, m)
+            else:
+                s = s - mean_term(self.mean, o.estimator, o.radius).to(s.dtype)
+        if o.form == "dense":
+            # Raw moments are PSD, and so is their running average minus the running mean's
+            # outer product (Jensen): no projection needed.
+            return s
+        s, self.min_eig = project_psd(s, *self.hw)
+        return s
+
+    def mean_energy_fraction(self) -> float:
+        """‖μ‖² / tr E[δδᵀ] of the running estimates (trace 1 for normalized perturbations)."""
+        if self.mean is None or self.sigma is None:
+            return float("nan")
+        if self.options.form == "dense":
+            trace = self.sigma.diagonal().sum()
+        else:
+            ch, cw = (self.sigma.shape[2] - 1) // 2, (self.sigma.shape[3] - 1) // 2
+            trace = self.sigma[:, :, ch, cw].diagonal().sum() * self.mean[0].numel()
+        return float(self.mean.double().square().sum() / trace.double().clamp_min(1e-300))
 
     def mean_diagonal(self) -> torch.Tensor:
+        s = self.effective
         if self.options.form == "dense":
-            return self.sigma.diagonal().mean()
-        ch, cw = (self.sigma.shape[2] - 1) // 2, (self.sigma.shape[3] - 1) // 2
-        return self.sigma[:, :, ch, cw].diagonal().mean()
+            return s.diagonal().mean()
+        ch, cw = (s.shape[2] - 1) // 2, (s.shape[3] - 1) // 2
+        return s[:, :, ch, cw].diagonal().mean()
 
     def scaled_sigma(self) -> torch.Tensor:
         if self.options.scale == "none":
-            return self.sigma
-        return self.sigma * (self.data_var / self.mean_diagonal().clamp_min(1e-30))
+            return self.effective
+        return self.effective * (self.data_var / self.mean_diagonal().clamp_min(1e-30))
 
     def apply_sigma(self, g: torch.Tensor) -> torch.Tensor:
         s = self.scaled_sigma()
@@ -263,19 +293,26 @@ class StructuredGradient(GradientNorm):
 
     def epoch_log(self):
         out = super().epoch_log()
-        if self.sigma is not None and self.options.form == "displacement":
-            ch, cw = (self.sigma.shape[2] - 1) // 2, (self.sigma.shape[3] - 1) // 2
-            diag = self.sigma[:, :, ch, cw].diagonal().mean()
+        s = self.effective
+        if self.options.covariance == "estimated":
+            out["method.mean_energy_fraction"] = self.mean_energy_fraction()
+            if s is not None and self.options.form == "displacement":
+                # < 0: the (cropped or unbiased) estimate was indefinite and got projected.
+                out["method.sigma_min_eig"] = self.min_eig / float(self.mean_diagonal().clamp_min(1e-30))
+        if s is not None and self.options.form == "displacement":
+            ch, cw = (s.shape[2] - 1) // 2, (s.shape[3] - 1) // 2
             if cw >= 1:
                 # Neighbour correlation: how short-range the adversarial structure is.
-                out["method.sigma_corr1"] = float(self.sigma[:, :, ch, cw + 1].diagonal().mean() / diag)
+                out["method.sigma_corr1"] = float(s[:, :, ch, cw + 1].diagonal().mean() / self.mean_diagonal())
         return out
 
     def state_dict(self):
-        return {**super().state_dict(), "sigma": self.sigma, "steps": self.steps}
+        return {**super().state_dict(), "sigma": self.sigma, "mean": self.mean, "steps": self.steps}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         if state:
             self.sigma = state.get("sigma")
+            self.mean = state.get("mean")
             self.steps = int(state.get("steps", 0))
+            self.effective = None
