@@ -16,7 +16,9 @@ def ray_local():
     """A real local Ray shared by every test that needs one (starting one costs ~8 s)."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+        # address="local": always a private instance, never a cluster someone else started
+        # on this machine (ray.init() without an address joins the newest one it finds).
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
                  configure_logging=True, log_to_driver=False)
     yield ray
     ray.shutdown()
