@@ -15,7 +15,8 @@ import altair as alt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raystudy.errors import StudyError, StudyErrors, suggest
+from raystudy.errors import StudyError, StudyErrors, pydantic_errors, suggest
+from raystudy.registry import SECTIONS
 
 from . import charts
 from .aggregate import aggregate
@@ -135,7 +136,6 @@ CHARTS: dict[str, type[Entry]] = {
 
 
 def _parse(entry: Any, i: int) -> tuple[Entry | None, list[StudyError]]:
-    from raystudy.spec.load import pydantic_errors
     where = f"report.{i}"
     if not isinstance(entry, dict):
         return None, [StudyError("a report entry must be a mapping such as {chart: line, x: ..., y: ...}",
@@ -156,6 +156,7 @@ def _parse(entry: Any, i: int) -> tuple[Entry | None, list[StudyError]]:
         return None, pydantic_errors(e, model, file=None, prefix=where)
 
 
+@SECTIONS.register("report")
 def validate_report(entries: Any) -> list[StudyError]:
     """Errors of a study's `report:` section (empty list: valid). Paths read report.<i>.<key>."""
     if entries is None:
