@@ -13,7 +13,6 @@ Value references (used by charts and the report grammar) name one number per tri
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -24,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from raystudy.errors import StudyError, suggest
-from raystudy.results import CURVES, EPOCHS, PLAN, STANDARD_COLUMNS, TRIALS, config_columns
+from raystudy.layout import CURVES, EPOCHS, PLAN, TABLES, TRIALS, Layout
+from raystudy.results import STANDARD_COLUMNS, config_columns
 
 # trials.parquet columns that are bookkeeping, not configuration or results.
 META_COLUMNS = {"trial_id", "status", "error", "runs", "experiment_tag", "device", "data_source",
@@ -189,16 +189,6 @@ def curve_metrics(tables: Tables) -> set[str]:
     return set(tables.curves["metric"].dropna().unique()) if "metric" in tables.curves.columns else set()
 
 
-def _read(path: Path, columns: list[str]) -> pd.DataFrame:
-    if not path.exists():
-        return pd.DataFrame(columns=columns)
-    try:
-        return pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise StudyError(f"cannot read {path.name}: {e}", file=str(path),
-                         hint="rebuild the tables with `raystudy collect DIR`") from None
-
-
 def short_name(path: str) -> str:
     """train.augment.rotation -> rotation; train.method.name -> method (a 'name' says nothing)."""
     parts = path.split(".")
@@ -221,18 +211,15 @@ def load(results_dir: str | Path) -> Tables:
     if not out.is_dir():
         raise StudyError(f"no results folder '{out}'", path="DIR",
                          hint="give a folder such as results/quickstart (made by `raystudy run`)")
-    plan: dict[str, Any] = {}
-    if (out / PLAN).exists():
-        try:
-            plan = json.loads((out / PLAN).read_text())
-        except json.JSONDecodeError as e:
-            raise StudyError(f"study.json is not valid JSON ({e})", file=str(out / PLAN)) from None
-    elif not (out / TRIALS).exists():
+    layout = Layout(out)
+    plan: dict[str, Any] | None = layout.read_plan()
+    if plan is None and not (layout / TRIALS).exists():
         raise StudyError(f"no study results in '{out}' (neither {PLAN} nor {TRIALS})", path="DIR",
                          hint="give a folder such as results/quickstart")
-    trials = _read(out / TRIALS, ["trial_id", "status", "error"])
-    curves = _read(out / CURVES, ["trial_id", "metric", "x"])
-    epochs = _read(out / EPOCHS, ["trial_id", "epoch"])
+    plan = plan or {}
+    trials = layout.read_table(TRIALS, ["trial_id", "status", "error"])
+    curves = layout.read_table(CURVES, ["trial_id", "metric", "x"])
+    epochs = layout.read_table(EPOCHS, ["trial_id", "epoch"])
     plan_trials = plan.get("trials", [])
     seen = set(trials["trial_id"]) if len(trials) else set()
     pending = [{"trial_id": t["trial_id"], "status": "pending", "error": None, **config_columns(t)}
@@ -245,8 +232,7 @@ def load(results_dir: str | Path) -> Tables:
     if order and len(trials):
         trials = trials.assign(_o=trials["trial_id"].map(order).fillna(len(order))) \
             .sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
-    extra = {p.stem: _read(p, []) for p in sorted(out.glob("*.parquet"))
-             if p.name not in (TRIALS, CURVES, EPOCHS)}
+    extra = {p.stem: layout.read_table(p.name) for p in sorted(out.glob("*.parquet")) if p.name not in TABLES}
     tables = Tables(path=out, name=plan.get("name", out.name), trials=trials, curves=curves,
                     epochs=epochs, plan=plan, extra=extra)
     keys = [k for k in tables.varied if k not in ("seed", "label")]

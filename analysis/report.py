@@ -17,8 +17,8 @@ import altair as alt
 import pandas as pd
 from pydantic import Field, TypeAdapter, ValidationError
 
-from raystudy.errors import StudyError, StudyErrors, suggest
-from raystudy.registry import CHARTS
+from raystudy.errors import StudyError, StudyErrors, pydantic_errors, suggest
+from raystudy.registry import CHARTS, SECTIONS
 
 from . import report_charts  # noqa: F401 - registers the built-in charts
 from .aggregate import aggregate
@@ -39,7 +39,6 @@ def _union(classes: tuple[type[Chart], ...]) -> TypeAdapter:
 
 def _errors(entry: Any, err: ValidationError, where: str, names: list[str]) -> list[StudyError]:
     """An invalid entry's errors, located at report.<i>.<key>."""
-    from raystudy.spec.load import pydantic_errors
     if not isinstance(entry, dict):
         return [StudyError("a report entry must be a mapping such as {chart: line, x: ..., y: ...}",
                            path=where, expected="a mapping")]
@@ -69,6 +68,7 @@ def _parse(entry: Any, i: int) -> tuple[Chart | None, list[StudyError]]:
         return None, _errors(entry, e, f"report.{i}", names)
 
 
+@SECTIONS.register("report")
 def validate_report(entries: Any) -> list[StudyError]:
     """Errors of a study's `report:` section (empty list: valid). Paths read report.<i>.<key>."""
     if entries is None:

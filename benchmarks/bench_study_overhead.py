@@ -41,7 +41,8 @@ def main():
     import ray
 
     from raystudy.results import TRIALS
-    from raystudy.runner import init_ray, run_study
+    from raystudy.runner import run_study
+    from raystudy.session import init_ray
     from raystudy.spec.load import load_document
     print(machine())
     t0 = time.perf_counter()

@@ -44,14 +44,12 @@ def cmd_plan(args) -> int:
     print(f"study '{study.name}': {len(study.trials)} trials")
     if args.params:
         from .models import build_model, count_parameters
-        from .spec.validate import validate_trial
         counts: dict[str, int] = {}
         for r, t in zip(rows, study.trials):
-            p = validate_trial(t.config, file=study.file)
             key = repr((t.config["model"], t.config["data"]["dataset"]))
             if key not in counts:
                 info = _info_for(t.config["data"]["dataset"])
-                counts[key] = count_parameters(build_model(p.model, info))
+                counts[key] = count_parameters(build_model(study.plan.parsed[t.trial_id].model, info))
             r["model.arch"] = t.config["model"]["arch"]
             r["params"] = counts[key]
     if rows:
@@ -106,18 +104,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import json
-
-    from .results import PLAN, load_tables
+    from .layout import Layout
+    from .results import load_tables
     out = Path(args.dir)
-    if not (out / PLAN).exists():
+    plan = Layout(out).read_plan()
+    if plan is None:
         raise StudyError(f"no study results in '{out}'", path="DIR",
                          hint="give a results folder such as results/quickstart")
-    try:
-        plan = json.loads((out / PLAN).read_text())
-    except (OSError, ValueError) as e:
-        raise StudyError(f"cannot read {out / PLAN} ({e})", path="DIR",
-                         hint=f"rebuild the tables with `raystudy collect {out}`") from None
     trials, _ = load_tables(out)
     total = len(plan["trials"])
     ids = {t["trial_id"] for t in plan["trials"]}

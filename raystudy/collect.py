@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 
 from .errors import StudyError
-from .results import PLAN, ResultStore, error_reason, write_json_atomic
-
-MODEL = "model.pt"
+from .layout import ERROR_FILE, MODEL_FILE, PARAMS_FILE, PLAN, RESULT_FILE, Layout, newest_checkpoint
+from .results import ResultStore, error_reason, write_json_atomic
 
 
 def _results(path: Path) -> list[dict]:
@@ -35,36 +34,23 @@ def _results(path: Path) -> list[dict]:
     return out
 
 
-def _ckpt_index(p: Path) -> int:
-    try:
-        return int(p.name.rsplit("_", 1)[-1])
-    except ValueError:
-        return -1
-
-
-def _final_checkpoint(tdir: Path) -> str | None:
-    for c in sorted(tdir.glob("checkpoint_*"), key=_ckpt_index, reverse=True):
-        if (c / MODEL).is_file():
-            return str(c.resolve())
-    return None
-
-
 def read_trial_dir(tdir: Path) -> dict | None:
     """One trial folder of one experiment -> its outcome, or None if it never finished."""
     try:
-        trial = json.loads((tdir / "params.json").read_text())["trial"]
+        trial = json.loads((tdir / PARAMS_FILE).read_text())["trial"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    results = _results(tdir / "result.json")
+    results = _results(tdir / RESULT_FILE)
     finals = [r for r in results if r.get("final")]
     epochs = [r for r in results if "epoch" in r and not r.get("final")]
     rec = {"trial": trial, "epochs": epochs, "result": None, "error": None, "checkpoint": None}
     if finals and not finals[-1].get("_failed"):
-        rec.update(status="completed", result=finals[-1], checkpoint=_final_checkpoint(tdir))
+        final = newest_checkpoint(tdir, MODEL_FILE)
+        rec.update(status="completed", result=finals[-1], checkpoint=str(final.resolve()) if final else None)
     elif finals:
         rec.update(status="error", result=finals[-1], error=finals[-1]["_failed"])
-    elif (tdir / "error.txt").is_file():
-        rec.update(status="error", error=error_reason((tdir / "error.txt").read_text(errors="replace")))
+    elif (tdir / ERROR_FILE).is_file():
+        rec.update(status="error", error=error_reason((tdir / ERROR_FILE).read_text(errors="replace")))
     else:
         return None
     return rec
@@ -77,13 +63,13 @@ def collect(out: Path) -> int:
     the number of experiments in which the trial ended. Returns the number of trials.
     """
     out = Path(out)
-    exps = sorted((p for p in out.glob("tune-*") if p.is_dir()), key=lambda p: p.name)
+    exps = Layout(out).experiments()[::-1]   # oldest first, so a later outcome replaces an earlier one
     if not exps:
         raise StudyError(f"no Ray Tune experiment folders (tune-*) in '{out}'", path="DIR",
                          hint="give a results folder such as results/quickstart")
     chosen: dict[str, dict] = {}
     runs: dict[str, int] = {}
-    for exp in exps:  # oldest first, so a later outcome replaces an earlier one
+    for exp in exps:
         for tdir in sorted(p for p in exp.iterdir() if p.is_dir()):
             rec = read_trial_dir(tdir)
             if rec is None:

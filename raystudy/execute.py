@@ -124,8 +124,9 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     data = bundle.to(device)
     model = build_model(parsed.model, data.info).to(device)
     if init_state is None and cfg.train.init_from is not None:
+        # `init_weights`: the source's model.pt, resolved by the driver when it planned the run.
         from .warmstart import load_init_state
-        init_state = load_init_state(cfg.train.init_from, model)
+        init_state = load_init_state(parsed.init_from, model, weights=trial.get("init_weights"))
     if init_state is not None:
         model.load_state_dict(init_state)
     if on_model is not None:

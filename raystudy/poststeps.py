@@ -11,20 +11,19 @@ with one row per (source_trial, target_trial, attack, eps).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
 from pydantic import Field, ValidationError, field_validator
 
-from .errors import StudyError, StudyErrors, unknown_name_error
-from .registry import Options
-from .results import PLAN, TRIALS, write_atomic
+from .errors import StudyError, pydantic_errors, raise_all
+from .layout import PLAN, TRANSFER, TRIALS, Layout
+from .registry import AFTER_STEPS, SECTIONS, Options
+from .results import write_atomic
 from .spec.types import Eps
-
-TRANSFER = "transfer.parquet"
+from .spec.validate import validate_trial
 
 
 class TransferOptions(Options):
@@ -44,14 +43,8 @@ class TransferOptions(Options):
         return v if isinstance(v, list) else [v]
 
 
-# name -> (options class, function(study, out_dir, options))
-AFTER_STEPS: dict[str, tuple[type[Options], Callable[..., Any]]] = {}
-
-
-def validate_after(entries: list[Any], file: str | None = None) -> list[tuple[str, Options]]:
-    """`after:` items (`- transfer: {...}` or `- transfer`) -> [(name, options)]; every problem
-    is a StudyError naming the file and the dotted path (all of them at once)."""
-    from .spec.load import pydantic_errors
+def _after_items(entries: list[Any]) -> tuple[list[tuple[str, Options]], list[StudyError]]:
+    """`after:` items (`- transfer: {...}` or `- transfer`) -> ([(name, options)], errors)."""
     out: list[tuple[str, Options]] = []
     errors: list[StudyError] = []
     for i, item in enumerate(entries or []):
@@ -62,24 +55,37 @@ def validate_after(entries: list[Any], file: str | None = None) -> list[tuple[st
             name, opts = next(iter(item.items()))
             opts = {} if opts is None else opts
         else:
-            errors.append(StudyError("each after item is a step name or {name: {options}}", file=file, path=path,
+            errors.append(StudyError("each after item is a step name or {name: {options}}", path=path,
                                      expected="e.g. '- transfer: {attacks: [pgd, fgsm], eps: 0.1, n: 500}'"))
             continue
-        if name not in AFTER_STEPS:
-            errors.append(unknown_name_error("after step", str(name), AFTER_STEPS, path=path).located(file=file))
+        try:
+            schema = AFTER_STEPS.get(str(name), path=path).schema
+        except StudyError as e:
+            errors.append(e)
             continue
         if not isinstance(opts, dict):
-            errors.append(StudyError(f"options of '{name}' must be a mapping", file=file, path=f"{path}.{name}",
+            errors.append(StudyError(f"options of '{name}' must be a mapping", path=f"{path}.{name}",
                                      expected="e.g. {attacks: [pgd], eps: 0.1}"))
             continue
-        schema = AFTER_STEPS[name][0]
         try:
             out.append((name, schema.model_validate(opts)))
         except ValidationError as e:
-            errors.extend(pydantic_errors(e, schema, file=file, prefix=f"{path}.{name}"))
-    if errors:
-        raise errors[0] if len(errors) == 1 else StudyErrors(errors)
-    return out
+            errors.extend(pydantic_errors(e, schema, file=None, prefix=f"{path}.{name}"))
+    return out, errors
+
+
+@SECTIONS.register("after")
+def after_errors(entries: list[Any]) -> list[StudyError]:
+    """Errors of a study's `after:` section (empty: valid); paths read after.<i>.<step>.<key>."""
+    return _after_items(entries)[1]
+
+
+def validate_after(entries: list[Any], file: str | None = None) -> list[tuple[str, Options]]:
+    """`after:` items -> [(name, options)]; every problem is a StudyError naming the file and
+    the dotted path (all of them at once)."""
+    steps, errors = _after_items(entries)
+    raise_all([e.located(file=file) for e in errors])
+    return steps
 
 
 def run_after_steps(study_doc, out_dir: str | Path) -> dict[str, Path]:
@@ -92,32 +98,16 @@ def run_after_steps(study_doc, out_dir: str | Path) -> dict[str, Path]:
     file = getattr(study_doc, "file", None)
     written: dict[str, Path] = {}
     for name, opts in validate_after(after, file):
-        written[name] = AFTER_STEPS[name][1](Path(out_dir), opts)
+        written[name] = AFTER_STEPS.get(name).obj(Path(out_dir), opts)
     return written
 
 
 # ------------------------------------------------------------------------- models
 
-def find_checkpoint(out_dir: Path, row: dict) -> Path | None:
-    """model.pt of a trial's final checkpoint: the `checkpoint` column when present, else
-    the newest <out_dir>/tune-*/<trial_id>/checkpoint_*/model.pt."""
-    ck = row.get("checkpoint")
-    if isinstance(ck, str) and ck:
-        p = Path(ck)
-        p = p if p.name == "model.pt" else p / "model.pt"
-        if p.exists():
-            return p
-    found = list(Path(out_dir).glob(f"tune-*/{row['trial_id']}/checkpoint_*/model.pt"))
-    if not found:
-        return None
-    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
-
-
 def load_trial_model(config: dict, weights: Path, device: torch.device):
     """Rebuild a trial's model from its config and load its final weights (eval mode)."""
     from .data import load
     from .models import build_model
-    from .spec.validate import validate_trial
     parsed = validate_trial(config)
     bundle = load(parsed.cfg.data)
     model = build_model(parsed.model, bundle.info).to(device)
@@ -135,17 +125,16 @@ def load_trial_model(config: dict, weights: Path, device: torch.device):
 
 
 def _completed_models(out_dir: Path, device: torch.device):
-    trials_path, plan_path = out_dir / TRIALS, out_dir / PLAN
-    if not trials_path.exists() or not plan_path.exists():
+    layout = Layout(out_dir)
+    if not (layout / TRIALS).exists() or not (layout / PLAN).exists():
         raise StudyError(f"no finished study in '{out_dir}' ({TRIALS} and {PLAN} are needed)",
                          hint="run the study first")
-    plan = {t["trial_id"]: t for t in json.loads(plan_path.read_text())["trials"]}
-    rows = pd.read_parquet(trials_path).to_dict("records")
+    plan = {t["trial_id"]: t for t in layout.read_plan()["trials"]}
     models = []
-    for r in rows:
+    for r in layout.records(TRIALS):
         if r.get("status") != "completed" or r["trial_id"] not in plan:
             continue
-        weights = find_checkpoint(out_dir, r)
+        weights = layout.final_weights(r["trial_id"], named=r.get("checkpoint"))
         if weights is None:
             print(f"raystudy: transfer: no final checkpoint for trial {r['trial_id']}: skipped", flush=True)
             continue
@@ -173,6 +162,7 @@ def craft(model, x, y, name: str, eps: float, o: TransferOptions) -> torch.Tenso
     return attack(model, name, x, y, eps, batch_size=o.batch_size, seed=o.seed, **hp)
 
 
+@AFTER_STEPS.register("transfer", TransferOptions)
 def run_transfer(out_dir: Path, o: TransferOptions) -> Path | None:
     """The transfer matrix: accuracy of every target model on every source model's
     adversarial examples (SGR paper's white-box / transfer tables)."""
@@ -204,11 +194,9 @@ def run_transfer(out_dir: Path, o: TransferOptions) -> Path | None:
                     rows.append({"source_trial": src, "target_trial": tgt, "attack": attack, "eps": float(eps),
                                  "accuracy": acc, "white_box": src == tgt, "target_clean_accuracy": clean[tgt],
                                  "source_label": label[src], "target_label": label[tgt], "n": len(x)})
-    path = out_dir / TRANSFER
+    path = Path(out_dir) / TRANSFER
     write_atomic(pd.DataFrame(rows), path)
     print(f"raystudy: transfer: {len(models)} models x {len(o.attacks)} attacks x {len(o.eps)} eps -> {path}",
           flush=True)
     return path
 
-
-AFTER_STEPS["transfer"] = (TransferOptions, run_transfer)

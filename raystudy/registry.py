@@ -18,7 +18,8 @@ from .errors import unknown_name_error
 class Options(BaseModel):
     """Base of every registry entry's options: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False, arbitrary_types_allowed=True)
+    # allow_inf_nan=False: a .nan or .inf from the file is a mistake, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=False, arbitrary_types_allowed=True, allow_inf_nan=False)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Trial results -> tidy parquet tables, written atomically as trials finish.
 
-results/<study>/
+Where they live is raystudy.layout's business; what they hold:
   trials.parquet   one row per trial: trial_id, status ('completed' | 'error'), error (one
                    line), checkpoint (absolute path of the final checkpoint folder holding
                    model.pt: warm starts and transfer attacks load it), runs (times the trial
@@ -8,7 +8,6 @@ results/<study>/
                    varied config paths (dotted column names), scalar metrics, timings
   curves.parquet   long format: trial_id, metric, x, accuracy / consistency / ...
   epochs.parquet   per-epoch training logs (loss, lr, augmentation, ε, ...)
-  study.json       the plan: every trial's id, params and resolved config
 """
 
 from __future__ import annotations
@@ -23,10 +22,11 @@ from typing import Any
 
 import pandas as pd
 
-TRIALS = "trials.parquet"
-CURVES = "curves.parquet"
-EPOCHS = "epochs.parquet"
-PLAN = "study.json"
+from .layout import CURVES, EPOCHS, PLAN, TRIALS, Layout
+from .spec.paths import get_path, has_path
+
+__all__ = ["CURVES", "EPOCHS", "PLAN", "TRIALS", "ResultStore", "config_columns", "error_reason",
+           "load_tables", "write_atomic", "write_json_atomic", "STANDARD_COLUMNS"]
 
 # Always-present config columns, so tables are readable without the plan.
 STANDARD_COLUMNS = ("model.arch", "train.method.name", "data.dataset", "seed")
@@ -73,7 +73,6 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 
 
 def config_columns(trial: dict) -> dict[str, Any]:
-    from .spec.paths import get_path, has_path
     cols = {k: _cell(v) for k, v in trial.get("params", {}).items()}
     cfg = trial.get("config", {})
     for c in STANDARD_COLUMNS:
@@ -132,11 +131,12 @@ class ResultStore:
         self.lock = threading.Lock()
 
     def _load(self) -> None:
-        for r in _read(self.out / TRIALS):
+        layout = Layout(self.out)
+        for r in layout.records(TRIALS):
             self.rows[r["trial_id"]] = {k: v for k, v in r.items() if not _isnan(v)}
-        for r in _read(self.out / CURVES):
+        for r in layout.records(CURVES):
             self.curves.setdefault(r["trial_id"], []).append(r)
-        for r in _read(self.out / EPOCHS):
+        for r in layout.records(EPOCHS):
             self.epochs.setdefault(r["trial_id"], []).append(r)
 
     def status_of(self, trial_id: str) -> str | None:
@@ -189,30 +189,12 @@ class ResultStore:
             write_atomic(pd.DataFrame(epochs), self.out / EPOCHS)
 
 
-def _read(path: Path) -> list[dict]:
-    return _read_frame(path).to_dict("records") if path.exists() else []
-
-
-def _read_frame(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable table gets the same advice
-        from .errors import StudyError
-        raise StudyError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                         path="--results",
-                         hint=f"rebuild the tables from the Ray Tune folders with `raystudy collect {path.parent}`"
-                         ) from None
-
-
 def _isnan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
 def load_tables(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves) of a results folder; empty frames if nothing finished yet."""
-    out = Path(results_dir)
-    trials = _read_frame(out / TRIALS) if (out / TRIALS).exists() else pd.DataFrame(
-        columns=["trial_id", "status", "error"])
-    curves = _read_frame(out / CURVES) if (out / CURVES).exists() else pd.DataFrame(
-        columns=["trial_id", "metric", "x"])
-    return trials, curves
+    layout = Layout(results_dir)
+    return (layout.read_table(TRIALS, ["trial_id", "status", "error"]),
+            layout.read_table(CURVES, ["trial_id", "metric", "x"]))

@@ -3,7 +3,8 @@
 Each epoch reports its metrics (and, every `checkpoint_every` epochs, a checkpoint
 with model, optimizer, schedule, method and RNG state) so a trial whose worker dies
 resumes where it was. A trial interrupted in an earlier `raystudy run` resumes from
-the checkpoint the runner found for it (`trial["resume_from"]`). The final report
+the checkpoint the runner found for it (`trial["resume_from"]`); a warm start loads the
+weights the runner resolved for it (`trial["init_weights"]`). The final report
 carries every metric, the full epoch history and the final weights (model.pt).
 
 A diverged trial (NaN/inf loss) is deterministic: retrying it from its last checkpoint
@@ -24,13 +25,10 @@ import torch
 from ray import tune
 
 from .execute import json_safe, run_trial, set_threads
-from .spec.space import canonical
+from .faults import faults_for
+from .layout import MODEL_FILE, STATE_FILE
+from .spec.paths import canonical
 from .train import NonFiniteLoss
-
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
-FAULT_ENV = "RAYSTUDY_FAULT"
-FAULT_KINDS = ("kill", "raise", "oom", "nan", "driver-sigint", "driver-sigkill")
 
 
 def data_key(data_cfg: dict) -> str:
@@ -43,50 +41,6 @@ def load_state(path: str | Path) -> dict:
 
 
 # ------------------------------------------------------------------ test-only faults
-
-def parse_faults(text: str | None) -> list[dict]:
-    """RAYSTUDY_FAULT (test only): comma-separated `KIND@EPOCH[:KEY=VALUE]`.
-
-    kill@2         the worker SIGKILLs itself after training epoch 2, before reporting it
-    raise@1        a RuntimeError after epoch 1
-    oom@1          a torch.OutOfMemoryError after epoch 1
-    nan@1          a NonFiniteLoss after epoch 1 (a diverged trial)
-    driver-sigint@2, driver-sigkill@2
-                   the driver (runner.py) signals itself when a trial reports epoch 2,
-                   once another trial has completed in this run (Ctrl-C / a crash)
-    ...:seed=1     only in trials whose varied params have seed == 1
-
-    Every fault fires only on a trial's first attempt (no checkpoint restored), so a
-    retry or a later `raystudy run` shows whether the trial recovers.
-    """
-    out = []
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        head, _, cond = part.partition(":")
-        kind, _, epoch = head.partition("@")
-        if kind not in FAULT_KINDS or not epoch.isdigit():
-            raise ValueError(f"{FAULT_ENV}: cannot read {part!r} (expected KIND@EPOCH[:KEY=VALUE], "
-                             f"KIND one of {', '.join(FAULT_KINDS)})")
-        f = {"kind": kind, "epoch": int(epoch)}
-        if cond:
-            k, _, v = cond.partition("=")
-            f["where"] = (k, v)
-        out.append(f)
-    return out
-
-
-def _faults_for(trial: dict) -> list[dict]:
-    faults = []
-    for f in trial.get("faults") or []:
-        if "where" in f:
-            k, v = f["where"]
-            if str(trial.get("params", {}).get(k)) != v:
-                continue
-        faults.append(f)
-    return faults
-
 
 def _fire(fault: dict, epoch: int) -> None:
     kind = fault["kind"]
@@ -196,14 +150,12 @@ def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> N
     _quiet_worker_logs()
     trial = config["trial"]
     set_threads(cpus)
-    if trial.get("results_root"):
-        os.environ["RAYSTUDY_RESULTS"] = trial["results_root"]
     bundle = bundles[data_key(trial["config"].get("data", {}))]
     train_cfg = trial["config"].get("train", {})
     stages = train_cfg.get("stages")
     epochs = sum(s["epochs"] for s in stages) if stages else train_cfg.get("epochs", 0)
     reporter = TuneReporter(int(train_cfg.get("checkpoint_every", 1)), epochs,
-                            resume_from=trial.get("resume_from"), faults=_faults_for(trial))
+                            resume_from=trial.get("resume_from"), faults=faults_for(trial))
 
     def keep_model(model):
         reporter.model = model

@@ -5,10 +5,11 @@ the papers' warm-started CuSP, "a → b" runs across studies).
       init_from: {study: aug180, match: {train.augment.rotation: 180, seed: 0}}
       # or {results: results/aug180, trial_id: 3f2a...}
 
-The source trial is found in `<results>/study.json` (every trial's resolved config) and must be
-`completed` in `<results>/trials.parquet`; its weights are the `model.pt` of its final Ray
-checkpoint (the `checkpoint` column when the table has one, else the newest
-`<results>/*/<trial_id>/checkpoint_*/model.pt`).
+The source trial is found in the source study's plan (every trial's resolved config) and
+must be `completed` in its table; its weights are its final checkpoint's model.pt, found by
+raystudy.layout's one rule. The driver resolves every warm start once, when a run is
+planned (a typo or an unfinished source is one clear error before Ray starts), and ships
+the file's path to the worker with the trial (`init_weights`), which only loads it.
 """
 
 from __future__ import annotations
@@ -20,58 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from .errors import StudyError
-from .registry import Options
+from .layout import MODEL_FILE, PLAN, Layout
 from .spec.paths import get_path, has_path
+from .spec.schema import InitFrom, TrialConfig
 from .spec.types import parse_number
+from .spec.validate import INIT_FROM as PATH
+from .spec.validate import parse_init_from as parse
 
-PATH = "train.init_from"
-MODEL_FILE = "model.pt"
-
-
-class InitFrom(Options):
-    """Where the weights come from: one of `results` (a study's results folder) or `study`
-    (a study name under `root`), and one of `trial_id` or `match` (dotted config paths)."""
-
-    results: str | None = None
-    study: str | None = None
-    # Results root for `study`; default $RAYSTUDY_RESULTS or ./results (as `raystudy run`).
-    root: str | None = None
-    trial_id: str | None = None
-    match: dict[str, Any] = Field(default_factory=dict)
-    # False: load the tensors whose names and shapes match, keep the rest as initialized.
-    strict: bool = True
-
-    @model_validator(mode="after")
-    def _one_of_each(self):
-        if (self.results is None) == (self.study is None):
-            raise ValueError("give exactly one of 'results' (a results folder) or 'study' (a study name)")
-        if self.root is not None and self.study is None:
-            raise ValueError("'root' goes with 'study'; with 'results' give the full folder")
-        if (self.trial_id is None) == (not self.match):
-            raise ValueError("give exactly one of 'trial_id' or 'match' ({dotted.path: value, ...})")
-        return self
-
-
-def parse(d: dict | InitFrom) -> InitFrom:
-    if isinstance(d, InitFrom):
-        return d
-    if not isinstance(d, dict):
-        raise StudyError("must be a mapping", path=PATH,
-                         expected="{study: NAME, match: {path: value}} or {results: DIR, trial_id: ID}")
-    try:
-        return InitFrom.model_validate(d)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key '{err['loc'][-1]}'"
-        raise StudyError(msg, path=f"{PATH}.{loc}" if loc else PATH,
-                         expected="keys: " + ", ".join(InitFrom.model_fields),
-                         hint="e.g. init_from: {study: aug180, match: {seed: 0}}") from None
+__all__ = ["InitFrom", "parse", "results_dir", "find_trial", "checkpoint_file", "resolve", "load_weights",
+           "load_init_state"]
 
 
 def _base_dir() -> Path:
@@ -79,12 +40,12 @@ def _base_dir() -> Path:
     return Path(os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd())
 
 
-def results_dir(spec: InitFrom) -> Path:
+def results_dir(spec: InitFrom, root: str | Path | None = None) -> Path:
+    """The source study's results folder; `root` is the results root of the run (for `study`)."""
     if spec.results is not None:
         p = Path(spec.results).expanduser()
     else:
-        root = Path(spec.root or os.environ.get("RAYSTUDY_RESULTS") or "results").expanduser()
-        p = root / spec.study
+        p = Path(spec.root or root or "results").expanduser() / spec.study
     return p if p.is_absolute() else _base_dir() / p
 
 
@@ -102,37 +63,28 @@ def _same(a: Any, b: Any) -> bool:
 
 def _with_defaults(config: dict) -> dict:
     """A trial config with the schema's defaults filled in, so a match on a default works."""
-    from .spec.schema import TrialConfig
     try:
         return TrialConfig.model_validate(config).model_dump(mode="json")
     except ValidationError:
         return config
 
 
-def _load_plan(out: Path, spec: InitFrom) -> list[dict]:
-    plan = out / "study.json"
-    if not plan.exists():
-        where = f"study '{spec.study}'" if spec.study else f"'{out}'"
-        raise StudyError(f"no study results for {where} (no {plan})",
+def _load_plan(layout: Layout, spec: InitFrom) -> list[dict]:
+    plan = layout.read_plan()
+    if plan is None:
+        where = f"study '{spec.study}'" if spec.study else f"'{layout.out}'"
+        raise StudyError(f"no study results for {where} (no {layout / PLAN})",
                          path=f"{PATH}.{'study' if spec.study else 'results'}",
                          hint="run the source study first, or point 'results' / 'root' at its results folder")
-    trials = json.loads(plan.read_text()).get("trials", [])
-    return [{**t, "config": _with_defaults(t.get("config") or {})} for t in trials]
+    return [{**t, "config": _with_defaults(t.get("config") or {})} for t in plan.get("trials", [])]
 
 
-def _trial_rows(out: Path) -> dict[str, dict]:
-    p = out / "trials.parquet"
-    if not p.exists():
-        return {}
-    import pandas as pd
-    return {r["trial_id"]: r for r in pd.read_parquet(p).to_dict("records")}
-
-
-def find_trial(spec: InitFrom) -> tuple[str, Path]:
+def find_trial(spec: InitFrom, root: str | Path | None = None) -> tuple[str, Path]:
     """(trial_id, results folder) of the one completed source trial."""
-    out = results_dir(spec)
-    trials = _load_plan(out, spec)
-    rows = _trial_rows(out)
+    out = results_dir(spec, root)
+    layout = Layout(out)
+    trials = _load_plan(layout, spec)
+    rows = layout.trial_rows()
     if spec.trial_id is not None:
         ids = [t["trial_id"] for t in trials]
         if spec.trial_id not in ids and spec.trial_id not in rows:
@@ -165,42 +117,47 @@ def find_trial(spec: InitFrom) -> tuple[str, Path]:
 
 
 def checkpoint_file(tid: str, out: Path) -> Path:
-    row = _trial_rows(out).get(tid) or {}
-    ck = row.get("checkpoint")
-    if isinstance(ck, str) and ck:
-        p = Path(ck)
-        p = p if p.is_absolute() else out / p
-        if (p / MODEL_FILE).exists():
-            return p / MODEL_FILE
-    # Ray's folder: <out>/<experiment>/<trial_id>/checkpoint_000NNN/; the final report is the last.
-    found = sorted(out.glob(f"*/{tid}/checkpoint_*/{MODEL_FILE}"), key=lambda f: (f.parent.name, f.stat().st_mtime))
-    if not found:
+    """model.pt of the source trial's final checkpoint."""
+    layout = Layout(out)
+    found = layout.final_weights(tid, named=(layout.trial_rows().get(tid) or {}).get("checkpoint"))
+    if found is None:
         raise StudyError(f"trial {tid} of {out} has no final checkpoint with {MODEL_FILE}", path=PATH,
                          hint="the source study must run with raystudy >= this version, which saves the final "
                               "weights; re-run that trial (`raystudy run --retry-failed` or delete its row)")
-    return found[-1]
+    return found
 
 
-def load_init_state(d: dict | InitFrom, model: torch.nn.Module | None = None) -> dict:
-    """Resolve `init_from` to a state dict (CPU tensors), checked against `model` if given."""
+def resolve(d: dict | InitFrom, root: str | Path | None = None) -> Path:
+    """`init_from` -> the source's model.pt (done once per trial, in the driver)."""
     spec = parse(d)
-    tid, out = find_trial(spec)
-    path = checkpoint_file(tid, out)
+    return checkpoint_file(*find_trial(spec, root))
+
+
+def load_weights(path: str | Path, model: torch.nn.Module | None = None, strict: bool = True) -> dict:
+    """The state dict in `path` (CPU tensors), checked against `model` if given; with
+    strict=False only the tensors whose names and shapes match are taken."""
     # weights_only: a checkpoint is data, never code.
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if model is not None:
-        own = model.state_dict()
-        if spec.strict:
-            missing = sorted(set(own) - set(state))
-            extra = sorted(set(state) - set(own))
-            bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-            if missing or extra or bad:
-                parts = [f"{name}: {', '.join(ks[:4])}{' ...' if len(ks) > 4 else ''}"
-                         for name, ks in (("missing", missing), ("unexpected", extra), ("shape differs", bad)) if ks]
-                raise StudyError(f"the weights of trial {tid} ({path}) do not fit this model ({'; '.join(parts)})",
-                                 path=PATH, hint="warm start from a trial with the same model section, "
-                                                 "or set strict: false to load only what matches")
-        else:
-            state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-            state = {**own, **state}
+    if model is None:
+        return state
+    own = model.state_dict()
+    if not strict:
+        return {**own, **{k: v for k, v in state.items() if k in own and own[k].shape == v.shape}}
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or bad:
+        parts = [f"{name}: {', '.join(ks[:4])}{' ...' if len(ks) > 4 else ''}"
+                 for name, ks in (("missing", missing), ("unexpected", extra), ("shape differs", bad)) if ks]
+        raise StudyError(f"the weights in {path} do not fit this model ({'; '.join(parts)})",
+                         path=PATH, hint="warm start from a trial with the same model section, "
+                                         "or set strict: false to load only what matches")
     return state
+
+
+def load_init_state(d: dict | InitFrom, model: torch.nn.Module | None = None, *,
+                    root: str | Path | None = None, weights: str | Path | None = None) -> dict:
+    """`init_from` as a state dict for `model`: from `weights` when the driver resolved it
+    already, else resolved here (runs without a driver: tests, notebooks)."""
+    spec = parse(d)
+    return load_weights(weights or resolve(spec, root), model, spec.strict)

@@ -32,6 +32,16 @@ def edit(old: str, new: str) -> str:
 
 
 SPACE = "  seed: {grid: [0, 1]}"
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A 'billion laughs': each level lists the previous one nine times (9^9 strings, < 1 KB)."""
+    names = "abcdefghijk"[:levels]
+    lines = ["bomb:", f"  {names[0]}: &{names[0]} [" + ", ".join(['"lol"'] * 9) + "]"]
+    for prev, cur in zip(names, names[1:]):
+        lines.append(f"  {cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
 LR = "  train.optimizer.lr: {expr: %s}"
 
 # (id, study text, path the message must name, words it must contain)
@@ -98,6 +108,18 @@ VALIDATE_CASES = [
     ("expr-complex", edit(SPACE, LR % '"(-8) ** 0.5"'), "space.train.optimizer.lr.expr", "not a real number"),
     ("expr-div-zero", edit(SPACE, LR % '"1 / 0"'), "space.train.optimizer.lr.expr", "division by zero"),
     ("expr-cycle", edit(SPACE, "  a: {expr: 'b + 1'}\n  b: {expr: 'a + 1'}"), "space", "cycle"),
+    # hostile or mistaken YAML (issue 19)
+    ("yaml-alias-bomb", GOOD + alias_bomb(), "bad.yaml: ", "alias bomb"),
+    ("yaml-recursive-alias", GOOD + "loop: &l [1, *l]\n", "bad.yaml: line 14", "never ends"),
+    ("yaml-duplicate-key", GOOD + "train:\n  epochs: 2\n", "train: line 14", "first written at line 4"),
+    ("yaml-duplicate-nested-key", edit("  epochs: 1", "  epochs: 1\n  epochs: 2"), "train.epochs: line 6",
+     "duplicate key 'epochs' (first written at line 5)"),
+    ("eps-nan", edit("{name: natural}", "{name: pgd_at, eps: .nan}"), "train.method.eps", "not a finite number"),
+    ("eps-nan-in-list", edit("evaluate: [accuracy]", "evaluate: [{robustness: {attack: pgd, eps: [.nan]}}]"),
+     "evaluate.0.robustness.eps.0", "not a finite number"),
+    ("lr-inf", edit("lr: 0.05}", "lr: .inf}"), "train.optimizer.lr", "finite number"),
+    ("rotation-nan-string", edit("{rotation: 0}", "{rotation: 'nan'}"), "train.augment.rotation",
+     "not a finite number"),
 ]
 
 
@@ -127,6 +149,22 @@ def test_bad_study_file(case, tmp_path, capsys):
     rc, out = _run(["run", str(f), "--results", str(tmp_path / "r"), "--no-dashboard"], capsys)
     _assert_clean(rc, out, path, words)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("tail", [alias_bomb(), "train:\n  epochs: 2\n"], ids=["alias-bomb", "duplicate-key"])
+def test_hostile_yaml_is_refused_in_under_a_second(tail, tmp_path, capsys):
+    """A sub-1 KB alias bomb used to hang `validate` for minutes; a repeated key used to be
+    silently dropped. Both are refused while the YAML is read, before any registry loads."""
+    import time
+    f = tmp_path / "bad.yaml"
+    f.write_text(GOOD + tail)
+    assert len(alias_bomb().encode()) < 1024
+    t0 = time.perf_counter()
+    rc, out = _run(["validate", str(f)], capsys)
+    assert time.perf_counter() - t0 < 1.0
+    assert rc == 2 and str(f) in out and "Traceback" not in out
+    if "train:" in tail:
+        assert "line 14" in out and "line 4" in out
 
 
 def test_the_good_study_is_accepted(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Fault injection with a real local Ray: worker death, Ctrl-C, driver crash, divergence.
 
-Faults come from the test-only RAYSTUDY_FAULT hook (trainable.parse_faults): the
+Faults come from the test-only RAYSTUDY_FAULT hook (faults.parse_faults): the
 worker SIGKILLs itself, raises, or the driver sends itself SIGINT / SIGKILL at a
 given epoch. Every assertion is about what survived: epoch counts, run counts,
 resume points, and that a resumed trial computes exactly what an uninterrupted
@@ -23,7 +23,8 @@ import torch
 from raystudy.cli import main
 from raystudy.errors import StudyError
 from raystudy.results import EPOCHS, PLAN, TRIALS
-from raystudy.runner import check_base, run_study
+from raystudy.basecheck import check_base
+from raystudy.runner import run_study
 from raystudy.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ resources: {{cpu: 1}}
 def recorded(out: Path, study, trials) -> Path:
     """A results folder as a run of `study` leaves it, with `trials` completed (no Ray)."""
     from raystudy.results import ResultStore, write_json_atomic
-    from raystudy.runner import plan_record
+    from raystudy.basecheck import plan_record
     out.mkdir(parents=True)
     write_json_atomic(plan_record(study), out / PLAN)
     for t in trials:
@@ -264,7 +265,7 @@ def test_pinning_a_varied_path_with_set_reuses_the_results(tmp_path):
     (out / PLAN).write_text(json.dumps(plan))
     assert check_base(pinned, out, force_new=False) is None
     # ... but a params entry with a single value (a constant mapping) is not an axis there.
-    from raystudy.runner import _varied_in
+    from raystudy.basecheck import _varied_in
     assert _varied_in([{"params": {"a": 1, "m": {"x": 1}}}, {"params": {"a": 2, "m": {"x": 1}}}]) == {"a"}
     # Pinning a path the study never varied is still a change of the base.
     with pytest.raises(StudyError) as e:

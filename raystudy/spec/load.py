@@ -1,136 +1,23 @@
-"""Load a study file: YAML -> overrides -> schema -> expanded, validated trials."""
+"""Load a study file: YAML -> overrides -> schema -> sections -> the plan (expanded,
+validated trials)."""
 
 from __future__ import annotations
 
 import copy
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from ..errors import StudyError, StudyErrors, suggest
+from ..errors import StudyError, pydantic_errors, raise_all, suggest
+from ..registry import SECTIONS
 from .paths import get_path, set_path
+from .plan import Plan, make_plan
 from .schema import StudySpec, TrialConfig
 from .space import OPERATORS
-
-
-# ----------------------------------------------------------------------------- YAML
-
-def _marks(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict:
-    """Map each key path to its (line, column), so errors can point into the file."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-            path = prefix + (key,)
-            out[path] = (k.start_mark.line + 1, k.start_mark.column + 1)
-            _marks(v, path, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            path = prefix + (i,)
-            out[path] = (v.start_mark.line + 1, v.start_mark.column + 1)
-            _marks(v, path, out)
-    return out
-
-
-def read_yaml(text: str, file: str) -> tuple[Any, dict]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise StudyError(f"{where}malformed YAML: {problem}", file=file,
-                         hint="check indentation and that every 'key: value' has a space after the colon") from None
-    marks = _marks(node) if node is not None else {}
-    return data, marks
-
-
-# ------------------------------------------------------------------ pydantic errors
-
-def _unwrap(tp):
-    """Find the pydantic model inside Optional[...] / list[...] / dict[str, ...]."""
-    origin = typing.get_origin(tp)
-    if origin is None:
-        return tp
-    for arg in typing.get_args(tp):
-        inner = _unwrap(arg)
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            return inner
-    return None
-
-
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    cur: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
-            return None
-        f = cur.model_fields.get(part)
-        if f is None:
-            return None
-        cur = _unwrap(f.annotation)
-    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
-
-
-def _dotted(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def pydantic_errors(exc: ValidationError, model: type[BaseModel], *, file: str | None,
-                    prefix: str | None = None, marks: dict | None = None) -> list[StudyError]:
-    out = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = _dotted(loc)
-        if prefix:
-            path = f"{prefix}.{path}" if path else prefix
-        line = ""
-        if marks is not None:
-            m = marks.get(loc)
-            if m:
-                line = f"line {m[0]}: "
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
-            valid = sorted(parent.model_fields) if parent else []
-            best = suggest(str(loc[-1]), valid)
-            out.append(StudyError(
-                f"{line}unknown key '{loc[-1]}'", file=file, path=path,
-                expected=("one of: " + ", ".join(valid)) if valid else None,
-                hint=f"did you mean '{best}'?" if best else "remove it"))
-        elif kind == "missing":
-            out.append(StudyError(f"{line}required key is missing", file=file, path=path,
-                                  hint="add it"))
-        else:
-            msg = err["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-            got = err.get("input")
-            got_txt = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
-            if len(got_txt) > 60:
-                got_txt = got_txt[:57] + "..."
-            out.append(StudyError(f"{line}{msg} (got {got_txt})", file=file, path=path,
-                                  hint="fix the value"))
-    return out
-
-
-def _with_line(err: StudyError, marks: dict | None) -> StudyError:
-    """Point a trial-level error at its line in the file when the key is written there."""
-    if not marks or not err.path or err.raw.startswith("line "):
-        return err
-    parts = tuple(int(p) if p.isdigit() else p for p in err.path.split("."))
-    for n in range(len(parts), 0, -1):
-        m = marks.get(parts[:n])
-        if m:
-            return StudyError(f"line {m[0]}: {err.raw}", file=err.file, path=err.path,
-                              expected=err.expected, hint=err.hint)
-    return err
+from .yamlfile import load_text, read_yaml, with_line
 
 
 # ------------------------------------------------------------------------ overrides
@@ -141,7 +28,7 @@ def parse_set(item: str) -> tuple[str, Any]:
         raise StudyError(f"--set {item!r}: expected PATH=VALUE", hint="e.g. --set train.epochs=3")
     path, _, raw = item.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_text(raw, "--set")[0] if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return path.strip(), value
@@ -188,17 +75,24 @@ SMOKE_DEFAULTS = {
 
 # ------------------------------------------------------------------------- document
 
-def _check_report(spec: StudySpec, file: str, marks: dict | None) -> None:
-    """A typo in `report:` should fail at validate time, not after hours of training."""
-    if not spec.report:
-        return
+def _section_check(name: str) -> Callable[[Any], list[StudyError]] | None:
+    """The validator registered for a study section owned outside the spec (`report:` by
+    analysis.report, `after:` by poststeps), or None when that part is not installed."""
     try:
-        from analysis.report import validate_report
-    except ImportError:  # analysis is optional for running studies
-        return
-    errs = [_with_line(e.located(file=file), marks) for e in validate_report(spec.report)]
-    if errs:
-        raise errs[0] if len(errs) == 1 else StudyErrors(errs)
+        return SECTIONS.get(name).obj
+    except (ImportError, StudyError):  # analysis is optional for running studies
+        return None
+
+
+def _check_sections(spec: StudySpec, file: str, marks: dict | None) -> None:
+    """A typo in `report:` or `after:` should fail at validate time, not after hours of training."""
+    errs: list[StudyError] = []
+    for name in ("report", "after"):
+        entries = getattr(spec, name)
+        check = _section_check(name) if entries else None
+        if check is not None:
+            errs += [with_line(e.located(file=file), marks) for e in check(entries)]
+    raise_all(errs)
 
 
 @dataclass
@@ -207,11 +101,22 @@ class StudyDocument:
     spec: StudySpec
     raw: dict
     marks: dict = field(default_factory=dict)
-    trials: list = field(default_factory=list)
+    _plan: Plan | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def plan(self) -> Plan:
+        """Trials, their validation, varied paths and base fingerprint: computed once."""
+        if self._plan is None:
+            self._plan = make_plan(self)
+        return self._plan
+
+    @property
+    def trials(self) -> list:
+        return self.plan.trials
 
     def base_config(self) -> dict:
         """The trial-level part of the document (what each trial overrides)."""
@@ -234,12 +139,9 @@ def load_study(path: str | Path, *, smoke: bool = False, profile: str | None = N
                          expand_trials=expand_trials)
 
 
-def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None, smoke: bool = False,
-                  profile: str | None = None, sets: list[str] | None = None,
-                  expand_trials: bool = True) -> StudyDocument:
-    if not isinstance(raw, dict):
-        raise StudyError("a study file must be a mapping of keys (name, model, train, ...)",
-                         file=file, expected="a YAML mapping", hint="see studies/quickstart.yaml")
+def _overridden(raw: dict, file: str, smoke: bool, profile: str | None, sets: list[str] | None) -> dict:
+    """The document with --profile, then --smoke (defaults, then the study's own `smoke:`),
+    then --set applied."""
     doc = raw
     if profile:
         profiles = raw.get("profiles") or {}
@@ -259,51 +161,26 @@ def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None,
         doc = apply_overrides(doc, dict(raw.get("smoke") or {}), file)
     if sets:
         doc = apply_overrides(doc, dict(parse_set(s) for s in sets), file)
+    return doc
+
+
+def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None, smoke: bool = False,
+                  profile: str | None = None, sets: list[str] | None = None,
+                  expand_trials: bool = True) -> StudyDocument:
+    """A StudyDocument from parsed YAML; with expand_trials its plan is computed now, so
+    every mistake in any trial is reported at load time."""
+    if not isinstance(raw, dict):
+        raise StudyError("a study file must be a mapping of keys (name, model, train, ...)",
+                         file=file, expected="a YAML mapping", hint="see studies/quickstart.yaml")
+    doc = _overridden(raw, file, smoke, profile, sets)
     try:
         spec = StudySpec.model_validate(doc)
     except ValidationError as e:
-        errs = pydantic_errors(e, StudySpec, file=file, marks=marks)
-        raise (errs[0] if len(errs) == 1 else StudyErrors(errs)) from None
-    _check_report(spec, file, marks)
-    if spec.after:
-        from ..poststeps import validate_after
-        try:
-            validate_after(spec.after, file)
-        except StudyErrors as e:
-            errs = [_with_line(x, marks) for x in e.errors]
-            raise StudyErrors(errs) from None
-        except StudyError as e:
-            raise _with_line(e, marks) from None
+        raise_all(pydantic_errors(e, StudySpec, file=file, marks=marks))
+    _check_sections(spec, file, marks)
     study = StudyDocument(file=file, spec=spec, raw=doc, marks=marks or {})
     if expand_trials:
-        from .space import expand
-        from .validate import validate_trial
-        study.trials = expand(study)
-        errors: list[StudyError] = []
-        seen: set[str] = set()
-        for t in study.trials:
-            try:
-                validate_trial(t.config, file=file)
-            except StudyErrors as e:
-                errs = e.errors
-            except StudyError as e:
-                errs = [e]
-            else:
-                continue
-            for err in errs:
-                err = _with_line(err, marks)
-                # The same mistake usually repeats in every trial: report it once.
-                key = err.render()
-                if key not in seen:
-                    seen.add(key)
-                    if t.params:
-                        err = StudyError(err.raw + f" [in trial {t.trial_id}: {t.describe()}]",
-                                         file=err.file, path=err.path, expected=err.expected, hint=err.hint)
-                    errors.append(err)
-            if len(errors) >= 20:
-                break
-        if errors:
-            raise errors[0] if len(errors) == 1 else StudyErrors(errors)
+        study.plan  # noqa: B018 - computed (and every trial validated) now
     return study
 
 

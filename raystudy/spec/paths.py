@@ -1,7 +1,10 @@
-"""Dotted paths into nested dicts/lists (`train.optimizer.lr`, `evaluate.1.robustness.eps`)."""
+"""Plain study data: dotted paths into nested dicts/lists (`train.optimizer.lr`,
+`evaluate.1.robustness.eps`), copies, and the canonical JSON that ids and hashes are made of."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 
@@ -56,3 +59,28 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix] = d
     return out
+
+
+def fast_copy(obj: Any) -> Any:
+    """Deep copy of plain YAML data (dicts, lists, scalars); much cheaper than copy.deepcopy,
+    which matters when a study expands to 100,000 trials."""
+    if isinstance(obj, dict):
+        return {k: fast_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [fast_copy(v) for v in obj]
+    return obj
+
+
+def canonical(obj: Any) -> str:
+    """Order-free JSON text: the form trial ids and data keys hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def plain_json(obj: Any) -> Any:
+    """`obj` as it reads back from a JSON file (tuples become lists, other objects strings)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def digest(flat: dict) -> str:
+    """A short hash of a flat {path: value} record (the base fingerprint in study.json)."""
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -15,7 +15,10 @@ from .types import Angle
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # ser_json_inf_nan: a .nan or .inf in the file stays what it is when the study is dumped
+    # into trial configs, so the check of that value says so (instead of "got None").
+    # allow_inf_nan=False: such a value is a mistake, not a setting.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants", allow_inf_nan=False)
 
 
 class DataSpec(Strict):
@@ -64,7 +67,8 @@ class TrainSpec(Strict):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     stages: list[StageSpec] | None = None
     # Warm start from another trial's final checkpoint (a results folder + trial id or
-    # a config match); resolved by the runner.
+    # a config match); resolved by the runner. A plain dict here (checked as InitFrom by
+    # validate_trial) so a trial's config, and so its id, is what the study file says.
     init_from: dict[str, Any] | None = None
     eval_batch_size: int = Field(500, ge=1)
     checkpoint_every: int = Field(1, ge=0)
@@ -81,6 +85,31 @@ class TrainSpec(Strict):
         if "name" not in v:
             raise ValueError("needs a 'name' key")
         return v
+
+
+class InitFrom(Strict):
+    """`train.init_from`: where a warm start's weights come from: one of `results` (a study's
+    results folder) or `study` (a study name under `root`), and one of `trial_id` or `match`
+    (dotted config paths)."""
+
+    results: str | None = None
+    study: str | None = None
+    # Results root for `study`; default: the root of the run (`raystudy run --results`).
+    root: str | None = None
+    trial_id: str | None = None
+    match: dict[str, Any] = Field(default_factory=dict)
+    # False: load the tensors whose names and shapes match, keep the rest as initialized.
+    strict: bool = True
+
+    @model_validator(mode="after")
+    def _one_of_each(self):
+        if (self.results is None) == (self.study is None):
+            raise ValueError("give exactly one of 'results' (a results folder) or 'study' (a study name)")
+        if self.root is not None and self.study is None:
+            raise ValueError("'root' goes with 'study'; with 'results' give the full folder")
+        if (self.trial_id is None) == (not self.match):
+            raise ValueError("give exactly one of 'trial_id' or 'match' ({dotted.path: value, ...})")
+        return self
 
 
 class ResourcesSpec(Strict):

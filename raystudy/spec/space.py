@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 from ..errors import StudyError
 from . import expr as expr_mod
-from .paths import flatten, set_path
+from .paths import canonical, fast_copy, flatten, set_path
 from .schema import TRIAL_KEYS
 
 OPERATORS = ("grid", "choice", "uniform", "loguniform", "randint", "expr", "zip")
@@ -53,20 +52,6 @@ class Trial:
 
     def to_ray(self) -> dict:
         return {"trial_id": self.trial_id, "params": self.params, "config": self.config}
-
-
-def fast_copy(obj: Any) -> Any:
-    """Deep copy of plain YAML data (dicts, lists, scalars); much cheaper than copy.deepcopy,
-    which matters when a study expands to 100,000 trials."""
-    if isinstance(obj, dict):
-        return {k: fast_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [fast_copy(v) for v in obj]
-    return obj
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def trial_hash(config: dict, free: dict) -> str:
@@ -203,16 +188,21 @@ def _check_order(space: dict, file: str) -> None:
             written.append((p, key))
 
 
-def expand(study) -> list[Trial]:
-    """Expand `study.spec.space` over `study.base_config()` into trials."""
-    file = study.file
-    spec = study.spec
-    base = study.base_config()
-    grids: list[tuple[str, list]] = []       # (key, values) axes; zip values are dicts
-    sampled: dict[str, tuple[str, Any]] = {}
-    consts: dict[str, Any] = {}
-    exprs: dict[str, str] = {}
-    for key, entry in (spec.space or {}).items():
+@dataclass
+class _Entries:
+    """The space's entries sorted by operator; `order` is the declaration order."""
+
+    grids: list[tuple[str, list]] = field(default_factory=list)   # (key, values); zip values are dicts
+    sampled: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    consts: dict[str, Any] = field(default_factory=dict)
+    exprs: dict[str, str] = field(default_factory=dict)
+    expr_order: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+
+
+def _entries(space: dict, file: str) -> _Entries:
+    es = _Entries()
+    for key, entry in space.items():
         key = str(key)
         if not _is_path(key) and not key.replace("_", "a").isalnum():
             raise StudyError(f"free variable '{key}' must be a plain identifier", file=file, path=f"space.{key}",
@@ -220,88 +210,101 @@ def expand(study) -> list[Trial]:
         op, arg = _operator(key, entry, file)
         _check(key, op, arg, file)
         if op == "grid":
-            grids.append((key, arg))
+            es.grids.append((key, arg))
         elif op == "zip":
             only = arg.get(ONLY)
             arg = {p: v for p, v in arg.items() if p != ONLY}
             n = len(next(iter(arg.values())))
             rows = list(dict.fromkeys(only)) if only is not None else range(n)
-            grids.append((key, [{p: arg[p][i] for p in arg} | {"__index__": i} for i in rows]))
+            es.grids.append((key, [{p: arg[p][i] for p in arg} | {"__index__": i} for i in rows]))
         elif op in _SAMPLED:
-            sampled[key] = (op, arg)
+            es.sampled[key] = (op, arg)
         elif op == "expr":
-            exprs[key] = arg
+            es.exprs[key] = arg
         else:
-            consts[key] = arg
-    expr_order = _order_exprs(exprs, file)
-    order = [str(k) for k in (spec.space or {})]
-    _check_order(spec.space or {}, file)
-    base_flat = flatten(base)
-    keys = [k for k, _ in grids]
-    n_grid = math.prod(len(v) for _, v in grids)
-    if n_grid * spec.tune.num_samples > MAX_TRIALS:
-        # Checked before expanding: a typo like num_samples: 100000000 must not hang validate.
-        raise StudyError(f"the space expands to {n_grid * spec.tune.num_samples} trials "
-                         f"({n_grid} grid points x {spec.tune.num_samples} samples)", file=file,
+            es.consts[key] = arg
+    es.expr_order = _order_exprs(es.exprs, file)
+    es.order = [str(k) for k in space]
+    _check_order(space, file)
+    return es
+
+
+def _check_size(n_grid: int, num_samples: int, file: str) -> None:
+    # Checked before expanding: a typo like num_samples: 100000000 must not hang validate.
+    if n_grid * num_samples > MAX_TRIALS:
+        raise StudyError(f"the space expands to {n_grid * num_samples} trials "
+                         f"({n_grid} grid points x {num_samples} samples)", file=file,
                          path="space" if n_grid > MAX_TRIALS else "tune.num_samples",
                          expected=f"at most {MAX_TRIALS} trials", hint="split the study or shrink the grid")
-    combos = list(itertools.product(*[v for _, v in grids])) if grids else [()]
+
+
+def _values(es: _Entries, combo: tuple, rng: random.Random, base_flat: dict, file: str) -> dict[str, Any]:
+    """Every entry's value at one grid point and sample, in declaration order."""
+    values: dict[str, Any] = dict(es.consts)
+    for (k, _), v in zip(es.grids, combo):
+        values[k] = v
+    for k, (op, arg) in es.sampled.items():
+        values[k] = _draw(op, arg, rng)
+    # Build the environment for expressions: base config, then varied values.
+    env = dict(base_flat)
+    for k, v in values.items():
+        if isinstance(v, dict) and "__index__" in v:
+            env[k] = v["__index__"]
+            env.update({p: pv for p, pv in v.items() if p != "__index__"})
+        else:
+            env[k] = v
+    for k in es.expr_order:
+        try:
+            values[k] = _plain(expr_mod.evaluate(es.exprs[k], env))
+        except StudyError as e:
+            raise e.located(file=file, prefix=f"space.{k}.expr") from None
+        env[k] = values[k]
+    # Applied in the order the space declares them: a later entry may set a path inside
+    # what an earlier one set (a zipped train.method, then train.method.eps), whether
+    # the later one is a grid or a constant (a grid pinned by --set).
+    return {k: values[k] for k in es.order if k in values}
+
+
+def _trial(base: dict, values: dict[str, Any], consts: dict[str, Any], idx: int, file: str) -> Trial:
+    config = fast_copy(base)
+    params: dict[str, Any] = {}
+    free: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and "__index__" in v:
+            params[k] = free[k] = v["__index__"]
+            for p, pv in v.items():
+                if p != "__index__":
+                    params[p] = pv
+                    _set(config, p, pv, file, k)
+        elif _is_path(k):
+            params[k] = v
+            _set(config, k, v, file, k)
+        else:
+            params[k] = free[k] = v
+    # Constants are part of every trial; show only what varies in params.
+    for k in consts:
+        if k in params and not isinstance(consts[k], dict):
+            params.pop(k)
+    return Trial(trial_id=trial_hash(config, free), params=params, config=config, index=idx, free=free)
+
+
+def expand(study) -> list[Trial]:
+    """Expand `study.spec.space` over `study.base_config()` into trials."""
+    file, spec = study.file, study.spec
+    base = study.base_config()
+    es = _entries(spec.space or {}, file)
+    base_flat = flatten(base)
+    keys = [k for k, _ in es.grids]
+    _check_size(math.prod(len(v) for _, v in es.grids), spec.tune.num_samples, file)
+    combos = list(itertools.product(*[v for _, v in es.grids])) if es.grids else [()]
     trials: list[Trial] = []
-    rng_master = spec.tune.seed
-    idx = 0
     for sample in range(spec.tune.num_samples):
         for combo in combos:
             # Seeded by the grid point's values, not its position: widening a grid must not
             # change the draws (and so the ids) of trials that already ran.
-            rng = random.Random(f"{rng_master}:{sample}:{canonical(list(zip(keys, combo)))}")
-            values: dict[str, Any] = dict(consts)
-            for k, v in zip(keys, combo):
-                values[k] = v
-            for k, (op, arg) in sampled.items():
-                values[k] = _draw(op, arg, rng)
-            # Build the environment for expressions: base config, then varied values.
-            env = dict(base_flat)
-            for k, v in values.items():
-                if isinstance(v, dict) and "__index__" in v:
-                    env[k] = v["__index__"]
-                    env.update({p: pv for p, pv in v.items() if p != "__index__"})
-                else:
-                    env[k] = v
-            for k in expr_order:
-                try:
-                    values[k] = _plain(expr_mod.evaluate(exprs[k], env))
-                except StudyError as e:
-                    raise e.located(file=file, prefix=f"space.{k}.expr") from None
-                env[k] = values[k]
-            # Applied in the order the space declares them: a later entry may set a path inside
-            # what an earlier one set (a zipped train.method, then train.method.eps), whether
-            # the later one is a grid or a constant (a grid pinned by --set).
-            values = {k: values[k] for k in order if k in values}
-            config = fast_copy(base)
-            params: dict[str, Any] = {}
-            free: dict[str, Any] = {}
-            for k, v in values.items():
-                if isinstance(v, dict) and "__index__" in v:
-                    params[k] = v["__index__"]
-                    free[k] = v["__index__"]
-                    for p, pv in v.items():
-                        if p == "__index__":
-                            continue
-                        params[p] = pv
-                        _set(config, p, pv, file, k)
-                elif _is_path(k):
-                    params[k] = v
-                    _set(config, k, v, file, k)
-                else:
-                    params[k] = v
-                    free[k] = v
-            # Constants are part of every trial; show only what varies in params.
-            for k in consts:
-                if k in params and not isinstance(consts[k], dict):
-                    params.pop(k)
-            tid = trial_hash(config, free)
-            trials.append(Trial(trial_id=tid, params=params, config=config, index=idx, free=free))
-            idx += 1
+            rng = random.Random(f"{spec.tune.seed}:{sample}:{canonical(list(zip(keys, combo)))}")
+            values = _values(es, combo, rng, base_flat, file)
+            trials.append(_trial(base, values, es.consts, len(trials), file))
     # Two identical trials (e.g. an expr that collapses two grid values) run once.
     unique: dict[str, Trial] = {}
     for t in trials:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -11,23 +12,33 @@ _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*
 
 
 def parse_number(v):
-    """Accept numbers and fraction strings such as '8/255' (the papers' ε notation)."""
+    """Accept finite numbers and fraction strings such as '8/255' (the papers' ε notation)."""
     if isinstance(v, bool):
         raise ValueError("expected a number, got a boolean")
     if isinstance(v, (int, float)):
-        return v
+        return _finite(v)
     if isinstance(v, str):
         m = _FRACTION.match(v)
         if m:
             den = float(m.group(2))
             if den == 0:
                 raise ValueError(f"'{v}' divides by zero")
-            return float(m.group(1)) / den
+            return _finite(float(m.group(1)) / den)
         try:
-            return float(v)
-        except ValueError:
+            return _finite(float(v))
+        except ValueError as e:
+            if "finite" in str(e):
+                raise
             raise ValueError(f"'{v}' is not a number or a fraction like '8/255'") from None
     raise ValueError(f"expected a number or a fraction like '8/255', got {type(v).__name__}")
+
+
+def _finite(v):
+    # YAML reads .nan / .inf (and float() reads 'nan', 'inf', '1e999') as floats: none of
+    # them is a learning rate, an ε or an angle.
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{v} is not a finite number (write a number such as 0.1, or a fraction like '8/255')")
+    return v
 
 
 def _unit(v: float) -> float:

@@ -7,9 +7,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import StudyError, StudyErrors
+from ..errors import StudyError, StudyErrors, pydantic_errors, raise_all
 from ..registry import DATASETS, METHODS, METRICS, MODELS, OPTIMIZERS, SCHEDULES, Registry
-from .schema import AugmentSpec, TrialConfig
+from .schema import AugmentSpec, InitFrom, TrialConfig, TrainSpec
+
+INIT_FROM = "train.init_from"
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ParsedTrial:
     model: Named
     stages: list[Stage]
     metrics: list[Named] = field(default_factory=list)
+    init_from: InitFrom | None = None
 
     @property
     def optimizer(self) -> Named:
@@ -64,10 +67,28 @@ def _named(reg: Registry, d: dict, path: str, key: str, file: str | None) -> Nam
     try:
         opts = entry.schema.model_validate(d)
     except ValidationError as e:
-        from .load import pydantic_errors
-        errs = pydantic_errors(e, entry.schema, file=file, prefix=path)
-        raise (errs[0] if len(errs) == 1 else StudyErrors(errs)) from None
+        raise_all(pydantic_errors(e, entry.schema, file=file, prefix=path))
     return Named(name, opts, entry)
+
+
+def parse_init_from(d: dict | InitFrom) -> InitFrom:
+    """`train.init_from` as an InitFrom; a mistake names the key and shows a valid example."""
+    if isinstance(d, InitFrom):
+        return d
+    if not isinstance(d, dict):
+        raise StudyError("must be a mapping", path=INIT_FROM,
+                         expected="{study: NAME, match: {path: value}} or {results: DIR, trial_id: ID}")
+    try:
+        return InitFrom.model_validate(d)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{err['loc'][-1]}'"
+        raise StudyError(msg, path=f"{INIT_FROM}.{loc}" if loc else INIT_FROM,
+                         expected="keys: " + ", ".join(InitFrom.model_fields),
+                         hint="e.g. init_from: {study: aug180, match: {seed: 0}}") from None
 
 
 def metric_items(evaluate: list[Any], file: str | None = None) -> list[tuple[str, dict, str]]:
@@ -130,29 +151,8 @@ def _check_curriculum(stage: Stage, where: str) -> None:
              f"`schedule: {{name: multistep, milestones: {even}}}`")
 
 
-def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
-    try:
-        cfg = TrialConfig.model_validate(config)
-    except ValidationError as e:
-        from .load import pydantic_errors
-        errs = pydantic_errors(e, TrialConfig, file=file)
-        raise (errs[0] if len(errs) == 1 else StudyErrors(errs)) from None
-    errors: list[StudyError] = []
-
-    def attempt(fn, *a):
-        try:
-            return fn(*a)
-        except StudyErrors as e:
-            errors.extend(e.errors)
-        except StudyError as e:
-            errors.append(e)
-        return None
-
-    if cfg.data.dataset not in DATASETS:
-        attempt(DATASETS.get, cfg.data.dataset, "data.dataset")
-    model = attempt(_named, MODELS, cfg.model, "model", "arch", file)
+def _stages(t: TrainSpec, attempt, file: str | None) -> list[Stage]:
     stages: list[Stage] = []
-    t = cfg.train
     if t.stages:
         for i, st in enumerate(t.stages):
             p = f"train.stages.{i}"
@@ -170,17 +170,36 @@ def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
     for st in stages:
         if None not in (st.method, st.schedule):
             attempt(_check_curriculum, st, f"train.stages.{st.index}" if t.stages else "train")
-    if t.init_from is not None:
-        from ..warmstart import parse as parse_init_from
-        attempt(parse_init_from, t.init_from)
+    return stages
+
+
+def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
+    try:
+        cfg = TrialConfig.model_validate(config)
+    except ValidationError as e:
+        raise_all(pydantic_errors(e, TrialConfig, file=file))
+    errors: list[StudyError] = []
+
+    def attempt(fn, *a):
+        try:
+            return fn(*a)
+        except StudyErrors as e:
+            errors.extend(e.errors)
+        except StudyError as e:
+            errors.append(e)
+        return None
+
+    if cfg.data.dataset not in DATASETS:
+        attempt(DATASETS.get, cfg.data.dataset, "data.dataset")
+    model = attempt(_named, MODELS, cfg.model, "model", "arch", file)
+    stages = _stages(cfg.train, attempt, file)
+    init_from = attempt(parse_init_from, cfg.train.init_from) if cfg.train.init_from is not None else None
     metrics: list[Named] = []
     items = attempt(metric_items, cfg.evaluate, file) or []
     for name, opts, path in items:
         n = attempt(_named, METRICS, {"name": name, **opts}, path, "name", file)
         if n is not None:
             metrics.append(n)
-    if errors:
-        # Entry errors are located relative to the trial; add the file.
-        errors = [e if e.file else e.located(file=file) for e in errors]
-        raise errors[0] if len(errors) == 1 else StudyErrors(errors)
-    return ParsedTrial(cfg=cfg, model=model, stages=stages, metrics=metrics)
+    # Entry errors are located relative to the trial; add the file.
+    raise_all([e if e.file else e.located(file=file) for e in errors])
+    return ParsedTrial(cfg=cfg, model=model, stages=stages, metrics=metrics, init_from=init_from)
