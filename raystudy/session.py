@@ -46,7 +46,9 @@ def init_ray(address: str | None = None, dashboard: bool = True, num_cpus: int |
         if address:
             info = ray.init(address=address, logging_level="ERROR", log_to_driver=True)
         else:
-            kwargs: dict[str, Any] = dict(include_dashboard=dashboard, logging_level="ERROR")
+            # "local": the embedded Ray the README promises, even when a cluster started with
+            # `ray start` runs on this machine (ray.init() without an address would join it).
+            kwargs: dict[str, Any] = dict(address="local", include_dashboard=dashboard, logging_level="ERROR")
             if dashboard:
                 # Local only unless the user binds it elsewhere themselves.
                 kwargs["dashboard_host"] = "127.0.0.1"
