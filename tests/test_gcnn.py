@@ -141,7 +141,8 @@ def test_c8_logits_are_nearly_invariant_at_45_degrees(digits):
             y = m(x)
             return ((m(rot_bilinear(x, 45)) - y).norm() / (y - y.mean(0)).norm()).item()
 
-    # Measured: C8 0.39, StdCNN 1.32 (untrained, 2x2 pools are not 45°-equivariant).
+    # Measured: C8 0.39, StdCNN 1.32 (untrained, 2x2 pools are not 45°-equivariant), with
+    # the input mask off on both; on both, 0.39 and 1.35 (the digits' corners are black).
     assert rel(c8) < 0.5 * rel(std), (rel(c8), rel(std))
 
 
@@ -159,12 +160,59 @@ def test_cifar_gcnns_are_invariant_to_90_degree_rotations(arch, group):
             torch.testing.assert_close(m(torch.rot90(x, k, (2, 3))), y, atol=1e-4, rtol=0)
 
 
+# ---------------------------------------------------------------------- input mask
+
+TWINS = [("stdcnn_mnist", "gcnn_mnist", MNIST, SMALL),
+         ("vgg16", "gcnn_vgg16", CIFAR, {"width": 1 / 16}),
+         ("resnet18", "gcnn_resnet18", CIFAR, {"width": 1 / 16})]
+
+
+def input_gradient(m, x):
+    x = x.clone().requires_grad_(True)
+    m(x).sum().backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("std,gcnn,info,opts", TWINS, ids=[t[1] for t in TWINS])
+def test_twins_share_the_input_mask_option_and_its_default(std, gcnn, info, opts):
+    """Twins must see the same input (issue 17): one `mask` option, off on both by default;
+    on, both fade out the same pixels, so an attack has the same pixels on either twin."""
+    from raystudy.models.base import DiskMask
+    assert MODELS.get(std).schema().mask is False and MODELS.get(gcnn).schema().mask is False
+    corners = DiskMask(info.height, info.width).mask[0, 0] < 1e-6
+    assert corners.sum() >= 12    # 12 on 28x28, 24 on 32x32
+    x = torch.rand(4, info.channels, info.height, info.width, generator=torch.Generator().manual_seed(0))
+    # Only the corners change: on a masked model the logits must not notice.
+    x2 = torch.where(corners, 1 - x, x)
+    on = [model(a, info, mask=True, **opts).eval() for a in (std, gcnn)]
+    off = [model(a, info, **opts).eval() for a in (std, gcnn)]
+    # The effective input (what the first layer sees) is the same tensor for both twins.
+    torch.testing.assert_close(on[0].mask(on[0].normalize(x)), on[1].mask(on[1].normalize(x)), atol=0, rtol=0)
+    for m in on:
+        g = input_gradient(m, x)
+        assert g[..., corners].abs().max() <= 1e-5 * g.abs().max()
+        with torch.no_grad():
+            torch.testing.assert_close(m(x2), m(x), atol=1e-5, rtol=0)
+    for m in off:   # without the mask the corners reach both twins, the GCNN included
+        g = input_gradient(m, x)
+        assert g[..., corners].abs().max() > 1e-3 * g.abs().max()
+
+
+def test_masked_gcnn_mnist_is_also_invariant_to_90_degree_rotations(digits):
+    x, _ = digits
+    m = model("gcnn_mnist", group="c4", mask=True, **SMALL).eval()
+    with torch.no_grad():
+        y = m(x)
+        for k in (1, 2, 3):
+            torch.testing.assert_close(m(torch.rot90(x, k, (2, 3))), y, atol=1e-4, rtol=0)
+
+
 # ------------------------------------------------------------ parameter matching
 
 @pytest.mark.parametrize("group", ["c4", "c8", "d4"])
 def test_gcnn_mnist_matches_the_stdcnn_parameter_count(group):
     """The matching rule keeps each regular-to-regular layer at its twin's size."""
-    from raystudy.models.gcnn import basis_dim, matched_fields
+    from raystudy.models.gcnn_layers import basis_dim, matched_fields
     std = count_parameters(model("stdcnn_mnist"))
     g = model("gcnn_mnist", group=group)
     assert abs(count_parameters(g) - std) / std < 0.01
@@ -187,7 +235,7 @@ def test_cifar_twins_have_comparable_parameter_counts(std, gcnn):
 def test_vectorized_init_equals_escnn_generalized_he_init(group):
     from escnn.nn.init import _generalized_he_init_variances
 
-    from raystudy.models.gcnn import _r2conv_uninit, he_std
+    from raystudy.models.gcnn_layers import _r2conv_uninit, he_std
     for kernel, trivial_in, fin, fout in [(3, False, 3, 5), (3, True, 2, 4), (7, False, 2, 3)]:
         conv = _r2conv_uninit(group, fin, fout, kernel, trivial_in)
         torch.testing.assert_close(he_std(group, kernel, trivial_in, fin, fout),

@@ -137,6 +137,15 @@ def test_expr_allows_arithmetic_comparison_conditionals():
     assert math.isclose(evaluate("-x // 2 + x % 2", env), -1)
 
 
+
+def test_expr_nesting_is_bounded_by_an_error_not_the_python_stack():
+    # 2,000 characters of unary minus used to end in a RecursionError traceback.
+    assert evaluate("-" * 150 + "x", {"x": 3}) == 3
+    for src in ("-" * 1999 + "1", "1+" * 999 + "1"):
+        with pytest.raises(StudyError) as ei:
+            evaluate(src, {})
+        assert "nested too deeply" in str(ei.value) and "at most 200 levels" in str(ei.value)
+
 def test_expr_unknown_name_suggests():
     with pytest.raises(StudyError) as ei:
         evaluate("train.batchsize * 2", {"train.batch_size": 1})

@@ -1,7 +1,8 @@
 """CIFAR StdCNNs of Kamath et al. (spatial vs adversarial robustness): VGG16 and
 ResNet18 in their usual CIFAR form (3x3 stem, no stem max-pool, batch norm, one
 linear classifier). `width` scales every layer; their GCNN twins (gcnn.py) take the
-same `width`, so a pair stays parameter-matched at any width.
+same `width`, so a pair stays parameter-matched at any width, and the same `mask`
+option (off by default; models.base.DiskMask), so a pair can see the same input.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 from ..errors import StudyError
 from ..registry import MODELS, Options
-from .base import Normalize, resolve_stats
+from .base import InputMask, Normalize, input_mask, resolve_stats
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -25,6 +26,7 @@ class CIFAROptions(Options):
     width: float = Field(1.0, gt=0)
     batchnorm: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    mask: InputMask = False
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -36,6 +38,7 @@ class VGG16(nn.Module):
             raise StudyError(f"vgg16 needs inputs whose sides are divisible by 32 (got "
                              f"{info.height}x{info.width})", path="model.arch", hint="use CIFAR-sized images")
         self.normalize = Normalize(*resolve_stats(opts, info))
+        self.mask = input_mask(opts, info)
         layers: list[nn.Module] = []
         cin = info.channels
         for v in VGG16_CFG:
@@ -54,7 +57,7 @@ class VGG16(nn.Module):
                                         nn.Linear(cin * spatial, info.num_classes))
 
     def forward(self, x):
-        return self.classifier(self.features(self.normalize(x)))
+        return self.classifier(self.features(self.mask(self.normalize(x))))
 
 
 class BasicBlock(nn.Module):
@@ -82,6 +85,7 @@ class ResNet18(nn.Module):
     def __init__(self, opts: CIFAROptions, info):
         super().__init__()
         self.normalize = Normalize(*resolve_stats(opts, info))
+        self.mask = input_mask(opts, info)
         widths = [scaled(c, opts.width) for c in (64, 128, 256, 512)]
         bn = opts.batchnorm
         stem = [nn.Conv2d(info.channels, widths[0], 3, 1, 1, bias=not bn)]
@@ -97,7 +101,7 @@ class ResNet18(nn.Module):
                                         nn.Linear(cin, info.num_classes))
 
     def forward(self, x):
-        return self.classifier(self.features(self.normalize(x)))
+        return self.classifier(self.features(self.mask(self.normalize(x))))
 
 
 @MODELS.register("vgg16", CIFAROptions)

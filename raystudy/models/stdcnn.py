@@ -4,6 +4,10 @@ The spatial-vs-adversarial paper (Kamath et al., supplementary Table 2) uses thi
 layer pattern for its MNIST StdCNN/GCNN pair; the table's exact widths are not in
 the text we have, so the widths follow the common choice for this pattern
 (32-32-64-64 filters, 3x3 kernels, a 256-unit hidden layer) and are options.
+
+`mask` (off by default) fades the input outside the inscribed disk exactly as on the
+GCNN twin (models.base.DiskMask): set it on both twins of a comparison or on neither,
+so attacks and invariance measures see the same pixels.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import MODELS, Options
-from .base import Normalize, resolve_stats
+from .base import InputMask, Normalize, input_mask, resolve_stats
 
 
 class StdCNNOptions(Options):
@@ -21,6 +25,7 @@ class StdCNNOptions(Options):
     kernel: int = Field(3, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     batchnorm: bool = False
+    mask: InputMask = False
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -40,6 +45,7 @@ class StdCNN(nn.Module):
             return layers
 
         self.normalize = Normalize(*resolve_stats(opts, info))
+        self.mask = input_mask(opts, info)
         self.features = nn.Sequential(
             *block(info.channels, c1), *block(c1, c2), nn.MaxPool2d(2),
             *block(c2, c3), *block(c3, c4), nn.MaxPool2d(2),
@@ -51,7 +57,7 @@ class StdCNN(nn.Module):
         )
 
     def forward(self, x):
-        return self.classifier(self.features(self.normalize(x)))
+        return self.classifier(self.features(self.mask(self.normalize(x))))
 
 
 @MODELS.register("stdcnn_mnist", StdCNNOptions)

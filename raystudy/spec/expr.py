@@ -12,7 +12,7 @@ import ast
 import functools
 import math
 import operator
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import StudyError
 
@@ -33,6 +33,9 @@ FUNCTIONS = {
 }
 _MAX_POW = 64
 _MAX_BITS = 4096  # integers beyond this are a typo, and printing them raises
+# The evaluator recurses once per level of the syntax tree (two frames a level), so a
+# 2000-character `-----1` would exhaust Python's stack; real expressions nest < 20 deep.
+_MAX_DEPTH = 200
 
 
 class ExprError(StudyError):
@@ -100,9 +103,24 @@ _ALLOWED = (ast.Expression, ast.Constant, ast.Name, ast.Attribute, ast.BinOp, as
             ast.Compare, ast.IfExp, ast.List, ast.Tuple, ast.Call, ast.expr_context, ast.boolop)
 
 
+def _depth(tree: ast.AST) -> int:
+    """Levels of the syntax tree, counted without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((child, d + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def _check_static(tree: ast.AST, source: str) -> None:
     """Reject every construct beyond arithmetic/comparison/conditionals up front, including
     ones in a branch that a given trial would not evaluate."""
+    depth = _depth(tree)
+    if depth > _MAX_DEPTH:
+        shown = source if len(source) <= 60 else source[:57] + "..."
+        raise ExprError(f"expression nested too deeply ({depth} levels) in {shown!r}",
+                        expected=f"at most {_MAX_DEPTH} levels of nested operations")
     for node in ast.walk(tree):
         if isinstance(node, ast.operator) and type(node) not in _BINOPS:
             raise ExprError(f"operator '{type(node).__name__}' is not allowed in {source!r}")
@@ -142,85 +160,122 @@ def _num(v, source):
                     expected="numbers on both sides of an arithmetic operator")
 
 
+def _not_allowed(node: ast.AST, source: str) -> ExprError:
+    return ExprError(f"'{type(node).__name__}' is not allowed in {source!r}",
+                     expected="arithmetic, comparison, boolean and conditional expressions only")
+
+
 def _eval(node: ast.AST, env: Mapping[str, Any], source: str) -> Any:
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, (int, float, str, bool)) or node.value is None:
-            return node.value
-        raise ExprError(f"literal {node.value!r} not allowed in {source!r}")
-    if isinstance(node, (ast.Name, ast.Attribute)):
-        name = _dotted(node)
-        if name is None:
-            raise ExprError(f"attribute access is not allowed in {source!r}",
-                            expected="names of space entries or config paths")
-        if name in env:
-            return env[name]
-        if name in ("True", "False", "None"):
-            return {"True": True, "False": False, "None": None}[name]
-        from ..errors import suggest
-        best = suggest(name, [k for k in env if not k.startswith("_")])
-        raise ExprError(f"unknown name '{name}' in {source!r}",
-                        expected="a space entry or a config path",
-                        hint=f"did you mean '{best}'?" if best else None)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left = _num(_eval(node.left, env, source), source)
-        right = _num(_eval(node.right, env, source), source)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_POW:
-            raise ExprError(f"exponent {right} too large in {source!r}", expected=f"|exponent| <= {_MAX_POW}")
-        if isinstance(node.op, ast.Pow) and isinstance(left, int) and left.bit_length() * abs(right) > _MAX_BITS:
-            raise ExprError(f"result too large in {source!r}")
+    handler = _HANDLERS.get(type(node))
+    if handler is None:
+        raise _not_allowed(node, source)
+    return handler(node, env, source)
+
+
+def _constant(node: ast.Constant, env, source):
+    if isinstance(node.value, (int, float, str, bool)) or node.value is None:
+        return node.value
+    raise ExprError(f"literal {node.value!r} not allowed in {source!r}")
+
+
+def _name(node: ast.Name | ast.Attribute, env, source):
+    name = _dotted(node)
+    if name is None:
+        raise ExprError(f"attribute access is not allowed in {source!r}",
+                        expected="names of space entries or config paths")
+    if name in env:
+        return env[name]
+    if name in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[name]
+    from ..errors import suggest
+    best = suggest(name, [k for k in env if not k.startswith("_")])
+    raise ExprError(f"unknown name '{name}' in {source!r}",
+                    expected="a space entry or a config path",
+                    hint=f"did you mean '{best}'?" if best else None)
+
+
+def _binop(node: ast.BinOp, env, source):
+    if type(node.op) not in _BINOPS:
+        raise _not_allowed(node, source)
+    left = _num(_eval(node.left, env, source), source)
+    right = _num(_eval(node.right, env, source), source)
+    if isinstance(node.op, ast.Pow) and abs(right) > _MAX_POW:
+        raise ExprError(f"exponent {right} too large in {source!r}", expected=f"|exponent| <= {_MAX_POW}")
+    if isinstance(node.op, ast.Pow) and isinstance(left, int) and left.bit_length() * abs(right) > _MAX_BITS:
+        raise ExprError(f"result too large in {source!r}")
+    try:
+        out = _BINOPS[type(node.op)](left, right)
+    except ZeroDivisionError:
+        raise ExprError(f"division by zero in {source!r}") from None
+    except OverflowError:
+        raise ExprError(f"numeric overflow in {source!r}") from None
+    if isinstance(out, complex):
+        raise ExprError(f"{source!r} is not a real number", expected="a real result")
+    if isinstance(out, int) and out.bit_length() > _MAX_BITS:
+        raise ExprError(f"result too large in {source!r}")
+    return out
+
+
+def _unaryop(node: ast.UnaryOp, env, source):
+    if type(node.op) not in _UNARY:
+        raise _not_allowed(node, source)
+    v = _eval(node.operand, env, source)
+    if not isinstance(node.op, ast.Not):
+        v = _num(v, source)
+    return _UNARY[type(node.op)](v)
+
+
+def _boolop(node: ast.BoolOp, env, source):
+    # Short-circuit like Python: `x != 0 and 1 / x > 0` must not divide by zero.
+    out = isinstance(node.op, ast.And)
+    for v in node.values:
+        out = _eval(v, env, source)
+        if isinstance(node.op, ast.And) and not out:
+            return out
+        if isinstance(node.op, ast.Or) and out:
+            return out
+    return out
+
+
+def _compare(node: ast.Compare, env, source):
+    left = _eval(node.left, env, source)
+    for op, comp in zip(node.ops, node.comparators):
+        if type(op) not in _CMP:
+            raise ExprError(f"comparison {type(op).__name__} not allowed in {source!r}")
+        right = _eval(comp, env, source)
         try:
-            out = _BINOPS[type(node.op)](left, right)
-        except ZeroDivisionError:
-            raise ExprError(f"division by zero in {source!r}") from None
-        except OverflowError:
-            raise ExprError(f"numeric overflow in {source!r}") from None
-        if isinstance(out, complex):
-            raise ExprError(f"{source!r} is not a real number", expected="a real result")
-        if isinstance(out, int) and out.bit_length() > _MAX_BITS:
-            raise ExprError(f"result too large in {source!r}")
-        return out
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        v = _eval(node.operand, env, source)
-        if not isinstance(node.op, ast.Not):
-            v = _num(v, source)
-        return _UNARY[type(node.op)](v)
-    if isinstance(node, ast.BoolOp):
-        # Short-circuit like Python: `x != 0 and 1 / x > 0` must not divide by zero.
-        out = isinstance(node.op, ast.And)
-        for v in node.values:
-            out = _eval(v, env, source)
-            if isinstance(node.op, ast.And) and not out:
-                return out
-            if isinstance(node.op, ast.Or) and out:
-                return out
-        return out
-    if isinstance(node, ast.Compare):
-        left = _eval(node.left, env, source)
-        for op, comp in zip(node.ops, node.comparators):
-            if type(op) not in _CMP:
-                raise ExprError(f"comparison {type(op).__name__} not allowed in {source!r}")
-            right = _eval(comp, env, source)
-            try:
-                ok = _CMP[type(op)](left, right)
-            except TypeError:
-                raise ExprError(f"cannot compare {left!r} with {right!r} in {source!r}") from None
-            if not ok:
-                return False
-            left = right
-        return True
-    if isinstance(node, ast.IfExp):
-        return _eval(node.body, env, source) if _eval(node.test, env, source) else _eval(node.orelse, env, source)
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_eval(e, env, source) for e in node.elts]
-    if isinstance(node, ast.Call):
-        fname = node.func.id if isinstance(node.func, ast.Name) else None
-        if fname not in FUNCTIONS or node.keywords:
-            raise ExprError(f"function call not allowed in {source!r}",
-                            expected="only " + ", ".join(sorted(FUNCTIONS)))
-        args = [_num(_eval(a, env, source), source) for a in node.args]
-        try:
-            return FUNCTIONS[fname](*args)
-        except (ValueError, TypeError, OverflowError) as e:
-            raise ExprError(f"{fname}() failed in {source!r}: {e}") from None
-    raise ExprError(f"'{type(node).__name__}' is not allowed in {source!r}",
-                    expected="arithmetic, comparison, boolean and conditional expressions only")
+            ok = _CMP[type(op)](left, right)
+        except TypeError:
+            raise ExprError(f"cannot compare {left!r} with {right!r} in {source!r}") from None
+        if not ok:
+            return False
+        left = right
+    return True
+
+
+def _ifexp(node: ast.IfExp, env, source):
+    return _eval(node.body, env, source) if _eval(node.test, env, source) else _eval(node.orelse, env, source)
+
+
+def _sequence(node: ast.List | ast.Tuple, env, source):
+    return [_eval(e, env, source) for e in node.elts]
+
+
+def _call(node: ast.Call, env, source):
+    fname = node.func.id if isinstance(node.func, ast.Name) else None
+    if fname not in FUNCTIONS or node.keywords:
+        raise ExprError(f"function call not allowed in {source!r}",
+                        expected="only " + ", ".join(sorted(FUNCTIONS)))
+    args = [_num(_eval(a, env, source), source) for a in node.args]
+    try:
+        return FUNCTIONS[fname](*args)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ExprError(f"{fname}() failed in {source!r}: {e}") from None
+
+
+# One evaluator per accepted node type; any other node is rejected by _eval.
+_HANDLERS: dict[type, Callable[[Any, Mapping[str, Any], str], Any]] = {
+    ast.Constant: _constant, ast.Name: _name, ast.Attribute: _name, ast.BinOp: _binop,
+    ast.UnaryOp: _unaryop, ast.BoolOp: _boolop, ast.Compare: _compare, ast.IfExp: _ifexp,
+    ast.List: _sequence, ast.Tuple: _sequence, ast.Call: _call,
+}
