@@ -193,3 +193,21 @@ def test_shipped_studies_validate():
     for f in files:
         load_study(f)
         load_study(f, smoke=True)
+
+
+def test_new_field_stays_out_of_the_dump_at_its_default():
+    """Options added to trial-config sections must not change the ids of existing trials."""
+    from raystudy.spec.schema import Strict, new_field
+
+    class Section(Strict):
+        old: int = 1
+        added: int = new_field(0, ge=0)
+        nested: dict = new_field(default_factory=dict)
+
+    assert Section().model_dump(mode="json") == {"old": 1}
+    assert Section(added=3).model_dump(mode="json") == {"old": 1, "added": 3}
+    assert Section(nested={"a": 1}).model_dump() == {"old": 1, "nested": {"a": 1}}
+    assert Section.model_validate({"added": 2}).added == 2
+    import pydantic
+    with pytest.raises(pydantic.ValidationError):
+        Section(added=-1)

@@ -9,9 +9,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from .types import Angle
+
+# Marks a field added after studies had already run (see new_field).
+_OMIT_DEFAULT = "raystudy_omit_default"
+
+
+def new_field(default: Any = ..., **kwargs: Any) -> Any:
+    """`Field(...)` for an option added to a section that is part of the trial config.
+
+    A trial's id hashes its dumped config, so a plain new field would enter every dump with its
+    default and change the id of every trial ever run. A `new_field` is left out of the dump
+    while it holds its default: existing studies keep their ids, and a study that sets the
+    option gets new ones (it computes something else)."""
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra[_OMIT_DEFAULT] = True
+    return Field(default, json_schema_extra=extra, **kwargs)
 
 
 class Strict(BaseModel):
@@ -19,6 +34,16 @@ class Strict(BaseModel):
     # into trial configs, so the check of that value says so (instead of "got None").
     # allow_inf_nan=False: such a value is a mistake, not a setting.
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants", allow_inf_nan=False)
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        out = handler(self)
+        for name, f in type(self).model_fields.items():
+            extra = f.json_schema_extra
+            if (isinstance(out, dict) and name in out and isinstance(extra, dict) and extra.get(_OMIT_DEFAULT)
+                    and getattr(self, name) == f.get_default(call_default_factory=True)):
+                del out[name]
+        return out
 
 
 class DataSpec(Strict):
