@@ -9,6 +9,7 @@ of the perturbations r(x) - x made by random rotations / translations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -163,7 +164,7 @@ class SVDUniversal(Metric):
         res.scalars["svd_universal.clean_accuracy"] = (clean == ye).float().mean().item()
         randoms = torch.randn((o.random_draws, *xe.shape[1:]), generator=run.ctx.generator(offset=7),
                               device=xe.device)
-        baseline: dict[tuple[str, float], list] = {}
+        score = _Scorer(run.model, xe, ye, clean, run.batch_size, randoms)
         for a in o.attacks:
             dirs = attack_directions(run.model, xf, yf, a, batch_size=run.batch_size,
                                      deepfool_steps=o.deepfool_steps, overshoot=o.overshoot)
@@ -173,29 +174,48 @@ class SVDUniversal(Metric):
                                                           s.detach().cpu(), "attack": a, "n_fit": len(xf)})
             for norm, sizes, at in (("l2", o.l2, o.at_l2), ("linf", o.linf, o.at_linf)):
                 if sizes:
-                    self._profile(run, xe, ye, clean, v, a, norm, sizes, at, randoms, baseline, res)
+                    _profile(score, v, f"svd_universal.{a}" + ("" if norm == "l2" else ".linf"), norm, sizes,
+                             max(sizes) if at is None else at, res)
         return res
 
-    @staticmethod
-    def _profile(run, xe, ye, clean, v, a, norm, sizes, at, randoms, baseline, res) -> None:
-        """Fooling rate and accuracy of ±v scaled to each size, beside random directions."""
-        metric = f"svd_universal.{a}" + ("" if norm == "l2" else ".linf")
-        at = max(sizes) if at is None else at
-        bs = run.batch_size
-        for size in sizes:
-            fr, acc, sign = _best_sign(run.model, xe, ye, clean, v, norm, size, bs)
-            if (norm, size) not in baseline:   # the same for every attack: score it once
-                baseline[(norm, size)] = [_best_sign(run.model, xe, ye, clean, r, norm, size, bs) for r in randoms]
-            rnd = baseline[(norm, size)]
-            row = {"metric": metric, "x": float(size),
-                   "x_title": "perturbation norm (L2)" if norm == "l2" else "perturbation norm (L∞)",
-                   "norm": norm, "fooling_rate": fr, "accuracy": acc, "consistency": 1.0 - fr, "sign": sign,
-                   "fooling_rate_random": sum(r[0] for r in rnd) / len(rnd),
-                   "accuracy_random": sum(r[1] for r in rnd) / len(rnd)}
-            res.curves.append(row)
-            if size == at:
-                for key in ("fooling_rate", "accuracy", "fooling_rate_random", "accuracy_random"):
-                    res.scalars[f"{metric}.{key}"] = row[key]
+
+@dataclass
+class _Scorer:
+    """Scores directions on the evaluation images; the random baseline is the same for
+    every attack, so it is scored once per (norm, size)."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    clean: torch.Tensor
+    batch_size: int
+    randoms: torch.Tensor
+    baseline: dict = field(default_factory=dict)
+
+    def best(self, v, norm, size) -> tuple[float, float, int]:
+        return _best_sign(self.model, self.x, self.y, self.clean, v, norm, size, self.batch_size)
+
+    def random(self, norm, size) -> tuple[float, float]:
+        """Mean fooling rate and accuracy of the random directions (each at its better sign)."""
+        if (norm, size) not in self.baseline:
+            rnd = [self.best(r, norm, size) for r in self.randoms]
+            self.baseline[(norm, size)] = (sum(r[0] for r in rnd) / len(rnd), sum(r[1] for r in rnd) / len(rnd))
+        return self.baseline[(norm, size)]
+
+
+def _profile(score: _Scorer, v, metric: str, norm: str, sizes, at: float, res: MetricResult) -> None:
+    """Fooling rate and accuracy of ±v scaled to each size, beside random directions."""
+    for size in sizes:
+        fr, acc, sign = score.best(v, norm, size)
+        fr_rnd, acc_rnd = score.random(norm, size)
+        row = {"metric": metric, "x": float(size),
+               "x_title": "perturbation norm (L2)" if norm == "l2" else "perturbation norm (L∞)",
+               "norm": norm, "fooling_rate": fr, "accuracy": acc, "consistency": 1.0 - fr, "sign": sign,
+               "fooling_rate_random": fr_rnd, "accuracy_random": acc_rnd}
+        res.curves.append(row)
+        if size == at:
+            for key in ("fooling_rate", "accuracy", "fooling_rate_random", "accuracy_random"):
+                res.scalars[f"{metric}.{key}"] = row[key]
 
 
 svd_universal = METRICS.register("svd_universal", SVDUniversalOptions)(SVDUniversal())
