@@ -65,7 +65,7 @@ class EvalContext:
 class MetricOptions(Options):
     """Options every metric accepts. A metric overrides a default (`n`, `split`) by
     redeclaring the field, and one whose subset is sized otherwise (hessian's `samples`,
-    svd_universal's `n_fit` + `n_eval`) declares `n: NotTaken[...]`."""
+    svd_universal's `n_fit` + `n_eval`) declares `n` with a `not_taken(why)` type."""
 
     split: Split = "test"
     n: int | None = Field(1000, ge=1, description="images of the split, a seeded subset (null: all)")
