@@ -19,50 +19,89 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from .errors import unknown_name_error
+from .registry import ATTACKS, Options
+from .spec.types import Number
 
 
 @dataclass(frozen=True)
 class AttackInfo:
+    """What a metric needs to know of an attack before running it (the registry's object;
+    the entry's options class lists the hyperparameters a study may set)."""
+
     name: str
     norm: str                 # "Linf" or "L2": the norm ε is measured in
     budget: bool              # True: takes ε; False: minimal-perturbation attack
-    params: tuple[str, ...]   # hyperparameters a study may set for it
     doc: str
 
+    def __post_init__(self):
+        # The registry shows an entry's __doc__ as its description.
+        object.__setattr__(self, "__doc__", self.doc)
 
-ATTACKS: dict[str, AttackInfo] = {a.name: a for a in [
-    AttackInfo("fgsm", "Linf", True, (), "FGSM, one signed-gradient step (Goodfellow et al.)"),
-    AttackInfo("pgd", "Linf", True, ("steps", "alpha", "random_start", "restarts"),
-               "L∞ PGD (Madry et al.)"),
-    AttackInfo("pgd_l2", "L2", True, ("steps", "alpha", "random_start", "restarts"), "L2 PGD"),
-    AttackInfo("autoattack", "Linf", True, ("version", "norm"),
-               "AutoAttack ensemble (Croce & Hein); slow on a CPU (Square runs 5000 queries)"),
-    AttackInfo("deepfool", "L2", False, ("steps", "overshoot"),
-               "torchattacks' per-image L2 DeepFool (reference, slow)"),
-    AttackInfo("deepfool_batched", "L2", False, ("steps", "overshoot", "candidates"),
-               "our batched L2 DeepFool"),
-    AttackInfo("cw", "L2", False, ("steps", "c", "kappa", "lr"), "Carlini-Wagner L2"),
-]}
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(ATTACKS.get(self.name).schema.model_fields)
 
-# Defaults where a study leaves a hyperparameter out. PGD's step size follows Madry
-# et al.'s rule 2.5·ε/steps when not given.
-DEFAULTS: dict[str, Any] = {
-    "steps": None, "alpha": None, "random_start": True, "restarts": 1, "overshoot": 0.02,
-    "candidates": 10, "c": 1.0, "kappa": 0.0, "lr": 0.01, "version": "standard", "norm": "Linf",
-}
-_DEFAULT_STEPS = {"pgd": 10, "pgd_l2": 10, "deepfool": 50, "deepfool_batched": 50, "cw": 50}
+
+class FGSMOptions(Options):
+    pass
+
+
+class PGDAttackOptions(Options):
+    steps: int = Field(10, ge=1)
+    # Madry et al.'s rule 2.5·ε/steps when left out.
+    alpha: Number | None = Field(None, gt=0)
+    random_start: bool = True
+    restarts: int = Field(1, ge=1, description="an input keeps the first restart that fools it")
+
+
+class AutoAttackOptions(Options):
+    version: Literal["standard", "plus", "rand"] = "standard"
+    norm: Literal["Linf", "L2"] = "Linf"
+
+
+class DeepFoolOptions(Options):
+    steps: int = Field(50, ge=1)
+    overshoot: float = Field(0.02, ge=0)
+
+
+class DeepFoolBatchedOptions(DeepFoolOptions):
+    # Classes linearized per step: the label and the top others (the original uses 10).
+    candidates: int = Field(10, ge=2)
+
+
+class CWOptions(Options):
+    steps: int = Field(50, ge=1)
+    c: float = Field(1.0, gt=0)
+    kappa: float = Field(0.0, ge=0)
+    lr: float = Field(0.01, gt=0)
+
+
+for _info, _options in [
+    (AttackInfo("fgsm", "Linf", True, "FGSM, one signed-gradient step (Goodfellow et al.)"), FGSMOptions),
+    (AttackInfo("pgd", "Linf", True, "L∞ PGD (Madry et al.)"), PGDAttackOptions),
+    (AttackInfo("pgd_l2", "L2", True, "L2 PGD"), PGDAttackOptions),
+    (AttackInfo("autoattack", "Linf", True,
+                "AutoAttack ensemble (Croce & Hein); slow on a CPU (Square runs 5000 queries)"), AutoAttackOptions),
+    (AttackInfo("deepfool", "L2", False, "torchattacks' per-image L2 DeepFool (reference, slow)"), DeepFoolOptions),
+    (AttackInfo("deepfool_batched", "L2", False, "our batched L2 DeepFool"), DeepFoolBatchedOptions),
+    (AttackInfo("cw", "L2", False, "Carlini-Wagner L2"), CWOptions),
+]:
+    ATTACKS.register(_info.name, _options)(_info)
+
+
+def attack_parameters() -> list[str]:
+    """Every hyperparameter some registered attack takes (what a metric may pass on)."""
+    return sorted({k for name in ATTACKS.names() for k in ATTACKS.get(name).schema.model_fields})
 
 
 def get_attack(name: str, path: str | None = None) -> AttackInfo:
-    if name not in ATTACKS:
-        raise unknown_name_error("attack", name, ATTACKS, path=path)
-    return ATTACKS[name]
+    return ATTACKS.get(name, path=path).obj
 
 
 @contextlib.contextmanager
@@ -197,47 +236,55 @@ def deepfool_batched(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | N
 
 # ----------------------------------------------------------------- torchattacks wrappers
 
-def _torchattack(model: nn.Module, name: str, eps: float | None, hp: dict, n_classes: int, seed: int):
+def _torchattack(model: nn.Module, name: str, eps: float | None, o: Options, n_classes: int, seed: int):
     import torchattacks as ta
-    steps = hp.get("steps") or _DEFAULT_STEPS.get(name)
     if name == "fgsm":
         return ta.FGSM(model, eps=eps)
     if name in ("pgd", "pgd_l2"):
-        alpha = hp.get("alpha")
-        alpha = 2.5 * eps / steps if alpha is None else alpha
+        alpha = 2.5 * eps / o.steps if o.alpha is None else o.alpha
         cls = ta.PGD if name == "pgd" else ta.PGDL2
-        return cls(model, eps=eps, alpha=alpha, steps=steps, random_start=hp["random_start"])
+        return cls(model, eps=eps, alpha=alpha, steps=o.steps, random_start=o.random_start)
     if name == "autoattack":
-        return ta.AutoAttack(model, norm=hp["norm"], eps=eps, version=hp["version"],
-                             n_classes=n_classes, seed=seed)
+        return ta.AutoAttack(model, norm=o.norm, eps=eps, version=o.version, n_classes=n_classes, seed=seed)
     if name == "deepfool":
-        return ta.DeepFool(model, steps=steps, overshoot=hp["overshoot"])
+        return ta.DeepFool(model, steps=o.steps, overshoot=o.overshoot)
     if name == "cw":
-        return ta.CW(model, c=hp["c"], kappa=hp["kappa"], steps=steps, lr=hp["lr"])
+        return ta.CW(model, c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr)
     raise KeyError(name)
+
+
+def attack_options(name: str, **hp) -> Options:
+    """The attack's validated options from keyword hyperparameters (None: its default)."""
+    schema = ATTACKS.get(name).schema
+    unknown = set(hp) - set(attack_parameters())
+    if unknown:
+        raise TypeError(f"unknown attack options {sorted(unknown)}")
+    given = {k: v for k, v in hp.items() if v is not None}
+    wrong = set(given) - set(schema.model_fields)
+    if wrong:
+        raise TypeError(f"option(s) {sorted(wrong)} do not apply to attack '{name}' "
+                        f"(its options: {', '.join(schema.model_fields) or 'none'})")
+    return schema.model_validate(given)
 
 
 def attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, eps: float | None = None,
            *, batch_size: int = 500, seed: int = 0, **hp) -> torch.Tensor:
     """Adversarial versions of `x` (labels `y`) under attack `name`, batched, on x's device.
 
-    `eps` is required for budget attacks and ignored by minimal ones. With
-    `restarts > 1` (PGD) an input keeps the first restart that fools it.
+    `eps` is required for budget attacks and ignored by minimal ones; `hp` are the
+    attack's options (its registry entry's options class). With `restarts > 1` (PGD)
+    an input keeps the first restart that fools it.
     """
     info = get_attack(name)
     if info.budget and eps is None:
         raise ValueError(f"attack '{name}' needs eps")
-    unknown = set(hp) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown attack options {sorted(unknown)}")
-    hp = {**DEFAULTS, **{k: v for k, v in hp.items() if v is not None}}
+    o = attack_options(name, **hp)
     if info.budget and eps == 0:
         # A zero budget admits no perturbation (and torchattacks' PGDL2 returns NaN there:
         # its random start divides by the zero radius).
         return x.clone()
     if name == "deepfool_batched":
-        return deepfool_batched(model, x, y, steps=hp["steps"] or _DEFAULT_STEPS[name],
-                                overshoot=hp["overshoot"], candidates=hp["candidates"],
+        return deepfool_batched(model, x, y, steps=o.steps, overshoot=o.overshoot, candidates=o.candidates,
                                 batch_size=batch_size).adv
     out = []
     with input_grad_only(model), seeded(seed, x.device):
@@ -247,9 +294,9 @@ def attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, eps: f
             if n_classes is None:
                 with torch.no_grad():
                     n_classes = model(xb[:1]).shape[1]
-            atk = _torchattack(model, name, eps, hp, n_classes, seed)
+            atk = _torchattack(model, name, eps, o, n_classes, seed)
             adv = atk(xb, yb)
-            for _ in range(1, hp["restarts"] if info.budget else 1):
+            for _ in range(1, getattr(o, "restarts", 1)):
                 with torch.no_grad():
                     left = (model(adv).argmax(1) == yb).nonzero().squeeze(1)
                 if left.numel() == 0:
