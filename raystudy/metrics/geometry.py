@@ -13,6 +13,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..attacks import attack
+from ..covariance import mean_energy_fraction, pooled_covariance_function
 from ..registry import METRICS
 from ..spec.types import Angle, Eps
 from .base import Metric, MetricOptions, MetricResult, Run
@@ -127,27 +128,11 @@ perturbation_pca = METRICS.register("perturbation_pca", PerturbationPCAOptions)(
 
 def covariance_function(z: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Stationary estimate of C(Δ) = E[z(p) z(p + Δ)] over pixel displacement Δ = (dy, dx),
-    |dy|, |dx| <= max_shift, pooled over images and channels (intra-channel only).
-
-    Each lag averages the products of every pixel pair at that displacement inside the
-    image (SGR eq. 16's covariance function with integer displacements); computed for the
-    whole batch with one zero-padded FFT autocorrelation. Returns (2m+1, 2m+1), centre = 0.
-    Raw second moments, as in the paper (centre z first for a covariance).
-    """
-    n, c, h, w = z.shape
-    m = max_shift
-    if not 0 <= m < min(h, w):
-        raise ValueError(f"max_shift={m} must be in [0, {min(h, w) - 1}]")
-    zz = z.double()
-    # Padding to >= H + m (W + m) keeps circular wrap-around out of the lags we read.
-    fh, fw = h + m, w + m
-    spec = torch.fft.rfft2(zz, s=(fh, fw))
-    acf = torch.fft.irfft2((spec * spec.conj()).sum((0, 1)), s=(fh, fw))   # acf[τ] = Σ z(p) z(p+τ)
-    dy = torch.arange(-m, m + 1, device=z.device)
-    dx = torch.arange(-m, m + 1, device=z.device)
-    sums = acf[dy.remainder(fh)][:, dx.remainder(fw)]
-    pairs = (h - dy.abs()).double()[:, None] * (w - dx.abs()).double()[None, :]
-    return sums / (pairs * n * c)
+    |dy|, |dx| <= max_shift, pooled over images and channels (intra-channel only): each lag
+    averages the products of every pixel pair at that displacement (SGR eq. 16 with integer
+    displacements). Raw second moments; the estimate is raystudy.covariance's, the one the
+    SGR regularizer's Σ uses. Returns (2m+1, 2m+1), centre = 0."""
+    return pooled_covariance_function(z.double(), max_shift, "unbiased")
 
 
 def axial_profile(cf: torch.Tensor) -> torch.Tensor:
@@ -197,12 +182,13 @@ class PerturbationCovariance(Metric):
         adv = adversarial_perturbations(run.model, x, run.y, o, ctx.seed, run.batch_size)
         if o.normalize:
             adv = _unit(adv)
-        if o.center:
-            adv = adv - adv.mean(0, keepdim=True)
         res = MetricResult()
+        # How much of the perturbations' energy their mean carries: what centring removes.
+        res.scalars[f"perturbation_covariance.{o.attack}.mean_energy_fraction"] = mean_energy_fraction(adv).item()
         saved = {}
-        for name, z in ((o.attack, adv), ("data", x - x.mean(0, keepdim=True))):
-            cf = covariance_function(z, m)
+        # The same estimator as the SGR regularizer's Σ (raystudy.covariance), centred or raw.
+        for name, z, center in ((o.attack, adv, o.center), ("data", x, True)):
+            cf = pooled_covariance_function(z.double(), m, "unbiased", center)
             prof = axial_profile(cf)
             saved[name] = cf.cpu()
             for d, (v, raw) in enumerate(zip((prof / prof[0]).tolist(), prof.tolist())):
