@@ -142,12 +142,15 @@ def _plan_epochs(k: int, t_epoch: float, overhead: float, left: float, smoke: bo
 def _measure(ctx, deadline: float, mode: str, root: Path, n_train: int, gpu: bool) -> None:
     runner = run_ray if mode == "ray" else run_processes
     t_epoch = overhead = None
-    for k in ctx.args.packs:
+    packs = list(ctx.args.packs)
+    for i, k in enumerate(packs):
         left = deadline - time.perf_counter()
         if t_epoch is None:
             epochs = 2 if ctx.smoke else 3
         else:
-            epochs = _plan_epochs(k, t_epoch, overhead, left, ctx.smoke)
+            # This packing's share of what is left, in proportion to k (its worst-case cost).
+            share = left * k / sum(packs[i:])
+            epochs = _plan_epochs(k, t_epoch, overhead, share, ctx.smoke)
         if epochs == 0 or left <= 0:
             ctx.out.fig(f"pack.k{k}.skipped", 1, "", f"section budget: {left:.0f} s left")
             continue

@@ -269,6 +269,11 @@ def _label(info: dict) -> str:
 
 def section_projection(ctx: Context, deadline: float) -> None:
     gpus = 1 if ctx.device.type == "cuda" else 0
+    print(f"# projection: {P.WALL_FORMULA}, epoch_s = full training images / measured images/s; "
+          f"{P.CONCURRENCY_FORMULA}; training only (evaluation not included); wall_packed divides "
+          "by the measured packing speed-up instead of the concurrency", flush=True)
+    ctx.out.data["projection_formula"] = {"wall": P.WALL_FORMULA, "concurrency": P.CONCURRENCY_FORMULA,
+                                          "wall_packed": "sum of epochs * epoch_s / packing speed-up at the concurrency"}
     cpus = os.cpu_count() or 1
     for entry in ctx.args.studies:
         try:
@@ -283,21 +288,25 @@ def section_projection(ctx: Context, deadline: float) -> None:
                              gpus, cpus)
         label = entry.replace(":", "@")
         ctx.plans[label] = (trials, conc)
+        n_full = D.full_train_size(configs[0].get("data", {}))
         for key, info in keys.items():
             if key in ctx.rates:
+                if ctx.rates[key]:
+                    ctx.out.fig(f"epoch.{label}.{_label(info)}", n_full / ctx.rates[key], "s", "timed above")
                 continue
             if time.perf_counter() > deadline:
                 ctx.rates[key] = None
                 continue
             rate, note = time_training(ctx, info, deadline)
             ctx.rates[key] = rate
-            n_full = D.full_train_size(configs[0].get("data", {}))
             if rate:
                 ctx.out.fig(f"epoch.{label}.{_label(info)}", n_full / rate, "s",
                             f"{rate:.0f} images/s x {n_full} images; {note}")
             else:
                 ctx.out.fig(f"epoch.{label}.{_label(info)}.skipped", 1, "", note)
         report_projection(ctx, label, packed=False)
+        if ctx.packing:
+            report_projection(ctx, label, packed=True)
 
 
 def report_projection(ctx: Context, label: str, packed: bool) -> None:
@@ -305,18 +314,16 @@ def report_projection(ctx: Context, label: str, packed: bool) -> None:
     speed = P.packing_speedup(ctx.packing, conc) if packed else None
     pr = P.project(trials, ctx.rates, conc, speed)
     what = f"{pr['trials']} trials, {pr['epochs']} trial-epochs, concurrency {conc}"
-    if pr["wall_s"] is None:
+    if pr["wall_s"] is None and not packed:
         ctx.out.fig(f"projected.{label}.incomplete", pr["untimed_keys"], "untimed keys", what)
     elif packed and pr["wall_packed_s"] is not None:
         ctx.out.fig(f"projected.{label}.wall_packed", pr["wall_packed_s"] / 3600, "h",
                     f"{what}; GPU-alone hours / measured packing speed-up {speed:.2f}x at {conc} per GPU")
     elif not packed:
         ctx.out.fig(f"projected.{label}.wall", pr["wall_s"] / 3600, "h",
-                    f"{what}; {P.WALL_FORMULA}; {P.CONCURRENCY_FORMULA}; training only")
+                    f"{what}; GPU-alone {pr['gpu_s_alone'] / 3600:.3g} h / concurrency; training only")
 
 
 def section_packing(ctx: Context, deadline: float) -> None:
     import _suite_packing as K
     K.run(ctx, deadline)
-    for label in ctx.plans:
-        report_projection(ctx, label, packed=True)

@@ -97,7 +97,7 @@ def ours(box: str | None):
             res = deepfool_batched(model, x, y, clamp=False, **DF)
         else:
             res = deepfool_batched(model, x, y, box=box, **DF)
-        return res.adv, res.fooled
+        return res.adv, res.fooled, res.steps
     return run
 
 
@@ -112,7 +112,7 @@ def foolbox(boxed: bool):
             fmodel = fb.PyTorchModel(model, bounds=(0, 1) if boxed else (-1e4, 1e4), device=x.device)
             attack = fb.attacks.L2DeepFoolAttack(**DF)
             adv, _, success = attack(fmodel, x, y, epsilons=None)
-        return adv.detach(), success
+        return adv.detach(), success, None
     return run
 
 
@@ -124,18 +124,15 @@ def torchattacks_df(model, x, y):
         adv = torchattacks.DeepFool(model, steps=DF["steps"], overshoot=DF["overshoot"])(x, y)
         with torch.no_grad():
             fooled = model(adv).argmax(1) != y
-    return adv, fooled
+    return adv, fooled, None
 
 
-def timed_runs(fn, model, x, y, device, repeats: int):
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        adv, fooled = fn(model, x, y)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return adv, fooled, times
+def timed(fn, model, x, y, device):
+    sync(device)
+    t0 = time.perf_counter()
+    adv, fooled, steps = fn(model, x, y)
+    sync(device)
+    return adv, fooled, steps, time.perf_counter() - t0
 
 
 def agreement(a: dict, b: dict, correct: torch.Tensor) -> dict:
@@ -150,6 +147,8 @@ def agreement(a: dict, b: dict, correct: torch.Tensor) -> dict:
 
 
 def run_deepfool(model, x, y, device, repeats: int, n_ref: int) -> tuple[list, list, dict]:
+    """Every implementation once per round, rounds repeated: on a shared machine whose load
+    drifts, interleaving keeps the ratios fair; each time is the median over rounds."""
     impls = [("raystudy mask", ours("mask"), x, y), ("raystudy clip", ours("clip"), x, y),
              ("raystudy no box", ours(None), x, y), ("foolbox", foolbox(True), x, y),
              ("foolbox no box", foolbox(False), x, y),
@@ -157,14 +156,21 @@ def run_deepfool(model, x, y, device, repeats: int, n_ref: int) -> tuple[list, l
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     res = {}
-    for name, fn, xs, ys in impls:
-        reps = repeats if name != "torchattacks" else 1
-        adv, fooled, times = timed_runs(fn, model, xs, ys, device, reps)
-        with torch.no_grad():
-            pred = model(adv).argmax(1)
-        res[name] = {"name": name, "adv": adv, "fooled": fooled.bool(), "pred": pred,
-                     "dist": (adv - xs).flatten(1).norm(dim=1), "time": statistics.median(times),
-                     "times": times, "n": len(xs)}
+    for rnd in range(repeats):
+        for name, fn, xs, ys in impls:
+            if name == "torchattacks" and rnd > 0:
+                continue   # minutes per run: once is enough for a reference this slow
+            adv, fooled, steps, dt = timed(fn, model, xs, ys, device)
+            if name in res:
+                res[name]["times"].append(dt)
+                continue
+            with torch.no_grad():
+                pred = model(adv).argmax(1)
+            res[name] = {"name": name, "adv": adv, "fooled": fooled.bool(), "pred": pred,
+                         "dist": (adv - xs).flatten(1).norm(dim=1), "times": [dt], "n": len(xs),
+                         "steps": steps}
+    for r in res.values():
+        r["time"] = statistics.median(r["times"])
     return summarize(res, correct, n_ref)
 
 
@@ -183,6 +189,8 @@ def summarize(res: dict, correct: torch.Tensor, n_ref: int) -> tuple[list, list,
                      "images/s": f"{r['n'] / r['time']:.1f}",
                      "speed vs foolbox": f"{fb_time / r['time'] * r['n'] / res['foolbox']['n']:.1f}x",
                      "success": f"{ok.sum().item() / max(1, c.sum().item()):.3f}",
+                     "steps (sum, max)": "-" if r["steps"] is None else
+                     f"{int(r['steps'].sum())}, {int(r['steps'].max())}",
                      "mean L2 (fooled)": f"{r['dist'][ok].mean().item():.4f}",
                      "mean L2 (common)": f"{r['dist'][on_common].mean().item():.4f}"})
     pairs = [("raystudy clip", "foolbox"), ("raystudy mask", "foolbox"), ("raystudy mask", "raystudy clip"),

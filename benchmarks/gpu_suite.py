@@ -11,11 +11,13 @@ studies through Ray (`raystudy.runner.run_study`) for packing. Sections, in orde
               option: the autocast wraps `attacks.attack` here)
   hessian     top-1 Hessian eigenvalue time with the sgd_hparams settings, and per HVP
   knobs       training images/s with train.amp, train.channels_last, cudnn.benchmark
-  projection  per paper study (studies/*.yaml): one paper-scale trial's epoch time for each
-              distinct model + method + batch size (a few steps, extrapolated), then the
-              study's projected wall time (formula printed; see _projection.py)
   packing     aggregate training images/s of 1, 2, 4, 8 StdCNN trials packed on the GPU
               through Ray (resources: {gpu: 1/k}); without Ray, k processes
+  projection  per paper study (studies/*.yaml): one paper-scale trial's epoch time for each
+              distinct model + method + batch size (a few steps, extrapolated), then the
+              study's projected wall time, ideal and with the measured packing speed-up
+              (formula printed; see _projection.py). Last, as it has the most to time: the
+              budget cuts its tail (the CIFAR profiles) first.
 
 Each figure prints as one line `name=value unit  # note` and lands in the JSON file (`--out`,
 rewritten after every figure, so a run cut off still leaves what it measured). Each section
@@ -49,8 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).parent), str(ROOT)]
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 import _suite_sections as S  # noqa: E402
-SECTIONS = ["pgd", "hessian", "knobs", "projection", "packing"]
-SHARES = {"pgd": 0.09, "hessian": 0.06, "knobs": 0.10, "projection": 0.33, "packing": 0.42}
+SECTIONS = ["pgd", "hessian", "knobs", "packing", "projection"]
+SHARES = {"pgd": 0.09, "hessian": 0.06, "knobs": 0.10, "packing": 0.42, "projection": 0.33}
 # Smoke runs take the plain studies (a profile and --smoke do not combine) and leave out
 # svd_universal_gcnn, whose smoke keeps the full-width GCNN (seconds per step on a CPU).
 SMOKE_STUDIES = ["sgd_hparams", "invariance_vs_robustness", "adversarial_vs_invariance", "cusp", "sgr"]

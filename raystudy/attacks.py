@@ -167,7 +167,7 @@ def _deepfool_chunk(model, x0, k0, steps, overshoot, candidates, box):
 
 def deepfool_batched(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *,
                      steps: int = 50, overshoot: float = 0.02, candidates: int = 10,
-                     batch_size: int = 500, clamp: bool = True, box: str = "mask") -> DeepFoolResult:
+                     batch_size: int = 500, clamp: bool = True, box: str = "clip") -> DeepFoolResult:
     """L2 DeepFool on a whole batch (Moosavi-Dezfooli et al., 2016).
 
     At each step every not-yet-fooled image moves to the nearest linearized decision
@@ -178,10 +178,13 @@ def deepfool_batched(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | N
     iterate stays in [0, 1]; `box` is how a step treats pixels at the box edge:
     "mask" drops the gradient components that push them further out (the step heads
     for the nearest boundary point the box allows), "clip" keeps them in the
-    accumulated step and clips the iterate (Foolbox's L2DeepFoolAttack). Either way
-    DeepFool does not stall on black backgrounds, as torchattacks' per-image version
-    does (it clips the iterate it accumulates on). `clamp=False` is the original,
-    unconstrained algorithm.
+    accumulated step and clips the iterate (Foolbox's L2DeepFoolAttack, which it matches
+    image by image). "clip" is the default: it finds the smaller perturbations (on MNIST
+    about 1.5% smaller at the same success rate: it creeps up to the boundary from inside,
+    so most of the overshoot is never applied) at about 3x the steps of "mask" (see
+    benchmarks/RESULTS.md). Neither stalls on black backgrounds, as torchattacks'
+    per-image version does (it clips the iterate it accumulates on). `clamp=False` is the
+    original, unconstrained algorithm.
     """
     if box not in ("mask", "clip"):
         raise ValueError(f"box must be 'mask' or 'clip', not {box!r}")
