@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field
@@ -42,6 +42,12 @@ class AttackInfo:
     norm: str                 # "Linf" or "L2": the norm ε is measured in
     budget: bool              # True: takes ε; False: minimal-perturbation attack
     doc: str
+    # How it runs, one of the two: `make(model, eps, options, n_classes, seed)` builds a
+    # torchattacks-style callable (`adv = atk(x, y)`) that `attack` runs batch by batch with
+    # frozen parameters and a seeded RNG; `run(model, x, y, eps, options, batch_size, seed)`
+    # runs the whole attack itself (our batched DeepFool).
+    make: Callable[..., Any] | None = None
+    run: Callable[..., Any] | None = None
 
     def __post_init__(self):
         # The registry shows an entry's __doc__ as its description.
@@ -86,17 +92,6 @@ class CWOptions(Options):
     lr: float = Field(0.01, gt=0)
 
 
-for _info, _options in [
-    (AttackInfo("fgsm", "Linf", True, "FGSM, one signed-gradient step (Goodfellow et al.)"), FGSMOptions),
-    (AttackInfo("pgd", "Linf", True, "L∞ PGD (Madry et al.)"), PGDAttackOptions),
-    (AttackInfo("pgd_l2", "L2", True, "L2 PGD"), PGDAttackOptions),
-    (AttackInfo("autoattack", "Linf", True,
-                "AutoAttack ensemble (Croce & Hein); slow on a CPU (Square runs 5000 queries)"), AutoAttackOptions),
-    (AttackInfo("deepfool", "L2", False, "torchattacks' per-image L2 DeepFool (reference, slow)"), DeepFoolOptions),
-    (AttackInfo("deepfool_batched", "L2", False, "our batched L2 DeepFool"), DeepFoolBatchedOptions),
-    (AttackInfo("cw", "L2", False, "Carlini-Wagner L2"), CWOptions),
-]:
-    ATTACKS.register(_info.name, _options)(_info)
 
 
 def attack_parameters() -> list[str]:
@@ -253,21 +248,46 @@ def deepfool_batched(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | N
 
 # ----------------------------------------------------------------- torchattacks wrappers
 
-def _torchattack(model: nn.Module, name: str, eps: float | None, o: Options, n_classes: int, seed: int):
-    import torchattacks as ta
-    if name == "fgsm":
-        return ta.FGSM(model, eps=eps)
-    if name in ("pgd", "pgd_l2"):
-        alpha = 2.5 * eps / o.steps if o.alpha is None else o.alpha
-        cls = ta.PGD if name == "pgd" else ta.PGDL2
-        return cls(model, eps=eps, alpha=alpha, steps=o.steps, random_start=o.random_start)
-    if name == "autoattack":
-        return ta.AutoAttack(model, norm=o.norm, eps=eps, version=o.version, n_classes=n_classes, seed=seed)
-    if name == "deepfool":
-        return ta.DeepFool(model, steps=o.steps, overshoot=o.overshoot)
-    if name == "cw":
-        return ta.CW(model, c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr)
-    raise KeyError(name)
+def pgd_step(eps: float, o: Options) -> float:
+    """The PGD step size: the study's `alpha`, else Madry et al.'s rule 2.5·ε/steps."""
+    return 2.5 * eps / o.steps if o.alpha is None else o.alpha
+
+
+def _torchattacks():
+    import torchattacks   # imported when an attack runs: validating a study needs none of it
+    return torchattacks
+
+
+def _pgd(cls: str) -> Callable[..., Any]:
+    def make(model, eps, o, n_classes, seed):
+        return getattr(_torchattacks(), cls)(model, eps=eps, alpha=pgd_step(eps, o), steps=o.steps,
+                                             random_start=o.random_start)
+    return make
+
+
+def _batched_deepfool(model, x, y, eps, o, batch_size, seed):
+    return deepfool_batched(model, x, y, steps=o.steps, overshoot=o.overshoot, candidates=o.candidates,
+                            batch_size=batch_size).adv
+
+
+for _info, _options in [
+    (AttackInfo("fgsm", "Linf", True, "FGSM, one signed-gradient step (Goodfellow et al.)",
+                make=lambda model, eps, o, k, seed: _torchattacks().FGSM(model, eps=eps)), FGSMOptions),
+    (AttackInfo("pgd", "Linf", True, "L∞ PGD (Madry et al.)", make=_pgd("PGD")), PGDAttackOptions),
+    (AttackInfo("pgd_l2", "L2", True, "L2 PGD", make=_pgd("PGDL2")), PGDAttackOptions),
+    (AttackInfo("autoattack", "Linf", True,
+                "AutoAttack ensemble (Croce & Hein); slow on a CPU (Square runs 5000 queries)",
+                make=lambda model, eps, o, k, seed: _torchattacks().AutoAttack(
+                    model, norm=o.norm, eps=eps, version=o.version, n_classes=k, seed=seed)), AutoAttackOptions),
+    (AttackInfo("deepfool", "L2", False, "torchattacks' per-image L2 DeepFool (reference, slow)",
+                make=lambda model, eps, o, k, seed: _torchattacks().DeepFool(
+                    model, steps=o.steps, overshoot=o.overshoot)), DeepFoolOptions),
+    (AttackInfo("deepfool_batched", "L2", False, "our batched L2 DeepFool", run=_batched_deepfool),
+     DeepFoolBatchedOptions),
+    (AttackInfo("cw", "L2", False, "Carlini-Wagner L2", make=lambda model, eps, o, k, seed: _torchattacks().CW(
+        model, c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr)), CWOptions),
+]:
+    ATTACKS.register(_info.name, _options)(_info)
 
 
 def attack_options(name: str, **hp) -> Options:
@@ -300,9 +320,8 @@ def attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, eps: f
         # A zero budget admits no perturbation (and torchattacks' PGDL2 returns NaN there:
         # its random start divides by the zero radius).
         return x.clone()
-    if name == "deepfool_batched":
-        return deepfool_batched(model, x, y, steps=o.steps, overshoot=o.overshoot, candidates=o.candidates,
-                                batch_size=batch_size).adv
+    if info.run is not None:
+        return info.run(model, x, y, eps, o, batch_size, seed)
     out = []
     with input_grad_only(model), seeded(seed, x.device):
         n_classes = None
@@ -311,7 +330,7 @@ def attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, eps: f
             if n_classes is None:
                 with torch.no_grad():
                     n_classes = model(xb[:1]).shape[1]
-            atk = _torchattack(model, name, eps, o, n_classes, seed)
+            atk = info.make(model, eps, o, n_classes, seed)
             adv = atk(xb, yb)
             for _ in range(1, getattr(o, "restarts", 1)):
                 with torch.no_grad():
