@@ -351,21 +351,11 @@ def _transfer_case(step, schema, tmp_path, syn):
 AFTER_CASES = {"transfer": _transfer_case}
 
 
-def _after_step(name):
-    if name in AFTER_STEPS:
-        e = AFTER_STEPS.get(name)
-        return e.obj, e.schema
-    # Until poststeps registers its steps in registry.AFTER_STEPS (the driver redesign).
-    from raystudy import poststeps
-    schema, step = poststeps.AFTER_STEPS[name]
-    return step, schema
-
-
 @pytest.mark.parametrize("name", sorted(set(AFTER_STEPS.names()) | set(AFTER_CASES)))
 def test_after_step_contract(name, tmp_path, syn):
     assert name in AFTER_CASES, f"after step '{name}' has no contract case"
-    step, schema = _after_step(name)
-    AFTER_CASES[name](step, schema, tmp_path, syn)
+    e = AFTER_STEPS.get(name)
+    AFTER_CASES[name](e.obj, e.schema, tmp_path, syn)
 
 
 # ------------------------------------------------------------------------------- models
