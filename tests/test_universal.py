@@ -138,3 +138,35 @@ def test_invariant_direction_angle_matches_saved_directions(trained, mnist_small
     u2 = torch.load(other / "invariant_directions" / "rot180_t0.pt", weights_only=True)["direction"]
     torch.testing.assert_close(u2, u)
     assert res2.scalars["invariant_directions.angle"] != pytest.approx(angle, abs=1e-3)
+
+
+class _Threshold(nn.Module):
+    """Two classes on 1x2x2 images: class 1 when pixel 0 is above 0.5 (a linear boundary)."""
+
+    def forward(self, x):
+        z = 10.0 * (x.flatten(1)[:, :1] - 0.5)
+        return torch.cat([torch.zeros_like(z), z], 1)
+
+
+def test_sign_is_chosen_on_the_fit_images_not_on_the_scored_ones(tmp_path):
+    """Issue 17, item 6. The fit images sit just below the boundary (class 0), the scored ones
+    just above it (class 1); every gradient direction is +e0, so ±v is ±e0. The fit images pick
+    +e0 (it fools all of them), which pushes every scored image further into its class: fooling
+    rate 0. Choosing the sign on the scored images (the old rule) would report 1."""
+    from raystudy.data import DataInfo, DeviceData
+    g = torch.Generator().manual_seed(0)
+    n_fit, n_eval = 8, 12
+    x = 0.2 + 0.6 * torch.rand(n_fit + n_eval, 1, 2, 2, generator=g)
+    x[:n_fit, 0, 0, 0], x[n_fit:, 0, 0, 0] = 0.45, 0.55
+    y = torch.cat([torch.zeros(n_fit), torch.ones(n_eval)]).long()
+    e = torch.empty(0, 1, 2, 2)
+    data = DeviceData("toy", e, y[:0], e, y[:0], x, y, DataInfo(1, 2, 2, 2, (0.5,), (0.25,)))
+    ctx = EvalContext(model=_Threshold(), data=data, device=torch.device("cpu"), artifacts=tmp_path)
+    o = SVDUniversalOptions(attacks=["gradient"], n_fit=n_fit, n_eval=n_eval, l2=[0.2], random_draws=1)
+    res = svd_universal(ctx, o)
+    assert res.scalars["svd_universal.clean_accuracy"] == 1.0
+    assert res.scalars["svd_universal.gradient.fooling_rate"] == 0.0
+    assert res.scalars["svd_universal.gradient.accuracy"] == 1.0
+    # The perturbation applied is +0.2·e0: the chosen sign times the saved direction.
+    v = torch.load(tmp_path / "svd_universal" / "gradient.pt", weights_only=True)["direction"]
+    assert torch.allclose(res.curves[0]["sign"] * v.flatten(), torch.tensor([1.0, 0, 0, 0]), atol=1e-6)
