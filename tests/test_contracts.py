@@ -291,6 +291,7 @@ ATTACK_CASES = {
     "autoattack": ({"version": "standard"}, 0.5),
     "deepfool": ({"steps": 5}, None),
     "deepfool_batched": ({"steps": 5}, None),
+    "deepfool_torchattacks": ({"steps": 5}, None),
     "cw": ({"steps": 30, "c": 10.0, "lr": 0.1}, None),
 }
 
