@@ -5,6 +5,8 @@ Values follow simple formulas (plus seeded noise) so tests can predict them:
   accuracy            = 0.98 - 0.10·[pgd_at] - 0.0002·rotation + noise
   robustness.pgd      accuracy at ε: accuracy · max(0, 1 - ε / (0.05 + 0.25·[pgd_at]))
   invariance.rotation accuracy at θ: accuracy · (1 - 0.5·θ/180 · (1 - rotation/180))
+  spatial_attack.surface  accuracy at (θ, ε): accuracy · (1 - |θ|/60 · (1 - rotation/180)) ·
+                      max(0, 1 - ε / (0.05 + 0.25·[pgd_at]))
   hessian.top1        = 20 · (1 + [pgd_at]) + noise; hessian.density: a Gaussian bump at top1
 """
 
@@ -61,6 +63,10 @@ def demo_values(trial: dict, rng: np.random.Generator) -> tuple[dict, list[dict]
     curves += [{"metric": "invariance.rotation", "x": t, "x_title": "θ (degrees)",
                 "accuracy": acc * (1 - 0.5 * t / 180 * (1 - rot / 180)),
                 "consistency": 1 - 0.5 * t / 180 * (1 - rot / 180)} for t in THETAS]
+    # spatial_attack.surface: accuracy after a rotation by θ then PGD at ε (x = θ, column eps).
+    curves += [{"metric": "spatial_attack.surface", "x": t, "x_title": "rotation θ (degrees), then L∞ PGD at ε",
+                "eps": e, "accuracy": acc * (1 - abs(t) / 60 * (1 - rot / 180)) * max(0.0, 1 - e / (0.05 + 0.25 * adv))}
+               for t in (-30.0, 0.0, 30.0) for e in (0.0, 0.1)]
     grid = np.linspace(-5, 60, 66)
     dens = 0.95 * np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi) + 0.05 * np.exp(-(grid - top1) ** 2 / 2) / np.sqrt(2 * np.pi)
     curves += [{"metric": "hessian.density", "x": float(g), "x_title": "eigenvalue", "density": float(d)}

@@ -231,3 +231,6 @@ class CuspTableChart(TableChart):
 
     def build(self, data: ChartData) -> alt.TopLevelMixin:
         return charts.cusp_table_chart(self.table(data), self.rows, self.columns, title=self.title)
+
+
+from . import surface_chart  # noqa: E402,F401 - registers the `surface` chart (its own file)

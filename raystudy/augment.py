@@ -87,6 +87,34 @@ def random_transform(x: torch.Tensor, rotation: float = 0.0, translation: int = 
     return transform(x, angles, shifts, flips)
 
 
-def augment(x: torch.Tensor, spec, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply an AugmentSpec to a training batch."""
+def augment(x: torch.Tensor, spec, generator: torch.Generator | None = None, *,
+            model: torch.nn.Module | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply an AugmentSpec to a training batch (`worst_of_k` > 1 needs the model and labels)."""
+    k = getattr(spec, "worst_of_k", 1)
+    if k > 1:
+        if model is None or y is None:
+            raise ValueError("worst_of_k augmentation needs the model and the labels")
+        return worst_of_k(model, x, y, spec, k, generator)
     return random_transform(x, spec.rotation, spec.translation, spec.crop, spec.flip, generator)
+
+
+@torch.no_grad()
+def worst_of_k(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec, k: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per example, the one of k random transforms of `spec` with the highest cross-entropy
+    (Engstrom et al., "Exploring the landscape of spatial robustness", ICML 2019: worst-of-k
+    training, k = 10). The k draws come one after another from `generator`, so the first is
+    the draw plain augmentation makes; the losses are taken in eval mode (as the training-time
+    attacks are) and the model's mode is restored."""
+    if not (spec.rotation or spec.translation or spec.crop or spec.flip):
+        return x   # nothing to draw (a curriculum may widen the range in a later epoch)
+    n = x.shape[0]
+    cands = torch.stack([random_transform(x, spec.rotation, spec.translation, spec.crop, spec.flip, generator)
+                         for _ in range(k)])                                   # (k, N, C, H, W)
+    was_training = model.training
+    model.eval()
+    try:
+        loss = torch.stack([torch.nn.functional.cross_entropy(model(c), y, reduction="none") for c in cands])
+    finally:
+        model.train(was_training)
+    return cands[loss.argmax(0), torch.arange(n, device=x.device)]

@@ -56,7 +56,7 @@ def json_safe(v: Any) -> Any:
 
 
 def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> tuple[dict, list, dict]:
-    """Run every declared metric; returns (scalars, curve rows, seconds per metric)."""
+    """Run every declared metric; returns (scalars and text notes, curve rows, seconds per metric)."""
     ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
                       batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed)
     scalars: dict[str, Any] = {}
@@ -68,6 +68,7 @@ def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> t
         key = f"time.{m.name}_s"
         timings[key] = timings.get(key, 0.0) + res.seconds
         scalars.update(res.scalars)
+        scalars.update(res.notes)
         curves.extend(res.curves)
     return scalars, curves, timings
 

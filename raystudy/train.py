@@ -143,7 +143,7 @@ def _train_batches(loop: _Loop, st: _Stage, state: TrainState) -> tuple[torch.Te
     batches = 0
     for i in range(0, len(x_train), cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
-        xb = aug.augment(x_train[idx], state.augment, gen)
+        xb = aug.augment(x_train[idx], state.augment, gen, model=loop.model, y=y_train[idx])
         if cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with _autocast(device, cfg.amp):

@@ -81,6 +81,8 @@ METRIC_CASES = {
     "perturbation_pca": {"attack": "fgsm", "n": 16, "k": 3},
     "perturbation_covariance": {"attack": "fgsm", "n": 16},
     "lrc_noise": {"decay_lengths": [2.0], "strengths": [0, 0.2], "k": 2, "n": 16},
+    "spatial_attack": {"n": 16, "grid_angles": 3, "grid_shifts": 3, "k": 3,
+                       "surface": {"angles": [0, 90], "eps": [0, 0.1], "steps": 2}},
 }
 
 

@@ -108,6 +108,16 @@ def check_cusp_table(spec, tables):
     assert spatial[full].tolist() == pytest.approx(natural[full].tolist())
 
 
+def check_surface(spec, tables):
+    cells = pd.DataFrame(spec["datasets"][spec["data"]["name"]])
+    # At θ = 0, ε = 0 the surface is the clean accuracy (demo.py), one panel per method.
+    at0 = cells[(cells["x"] == 0) & (cells["eps"] == 0)].set_index("train_method_name")["mean"].sort_index()
+    assert at0.tolist() == pytest.approx(seed_means(tables, [METHOD], "accuracy").sort_index().tolist())
+    assert len(cells) == 2 * 3 * 2                                  # methods x angles x eps
+    assert spec["facet"]["column"]["title"] == METHOD
+    assert spec["spec"]["layer"][0]["encoding"]["x"]["title"] == "rotation θ (degrees), then L∞ PGD at ε"
+
+
 CASES = {
     "line": ({"chart": "line", "x": ROT, "y": "hessian.top1", "color": METHOD}, check_line),
     "bar": ({"chart": "bar", "x": ROT, "y": "accuracy", "color": METHOD}, check_bar),
@@ -119,6 +129,7 @@ CASES = {
     "transfer": ({"chart": "transfer", "select": {"attack": "fgsm"}}, check_transfer),
     "table": ({"chart": "table", "columns": {"clean": "accuracy", "top eigenvalue": "hessian.top1"}}, check_table),
     "cusp_table": ({"chart": "cusp_table"}, check_cusp_table),
+    "surface": ({"chart": "surface", "column": METHOD}, check_surface),
 }
 
 

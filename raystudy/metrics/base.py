@@ -28,11 +28,13 @@ class MetricResult:
     """Flat namespaced scalars (-> trials.parquet) and long-format curve rows
     (-> curves.parquet: each row has `metric`, `x`, `x_title` (what x means, for charts)
     and value columns such as `accuracy` and `consistency`); `seconds` is the metric's
-    wall time, measured by the template."""
+    wall time, measured by the template. `notes` are text columns of trials.parquet that say
+    how a number was obtained (e.g. `robustness.pgd.alpha_rule`); they are not metrics."""
 
     scalars: dict[str, float] = field(default_factory=dict)
     curves: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +128,7 @@ class Metric:
                 part = self.compute(Run(ctx, model, x, y, split, bs), o)
                 res.scalars.update(part.scalars)
                 res.curves.extend(part.curves)
+                res.notes.update(part.notes)
         for row in res.curves:
             row.setdefault("x_title", self.x_title)
         res.seconds = time.perf_counter() - t0

@@ -1,11 +1,22 @@
-"""Robustness profiles: accuracy and consistency under an attack, per ε.
+"""Robustness profiles: accuracy, consistency and fooling rate under an attack, per ε.
 
 The robustness profile of the invariance-vs-robustness and spatial-vs-adversarial
-papers (Kamath et al.): for each ε, the accuracy Pr(f(x + A(x)) = y) and the
-consistency 1 − fooling rate, Pr(f(x + A(x)) = f(x)), measured against the model's
-own clean predictions (the papers plot the latter so that every curve starts at 1;
-their supplementary Fig. 7 shows both). The CuSP table's adversarial accuracy is the
-scalar `robustness.<name>.acc@8/255` (or at any declared ε, see `acc_at`).
+papers (Kamath et al.). Per ε, with A(x, t) the attack pushing x away from label t:
+
+* `accuracy` = Pr(f(x + A(x, y)) = y), the attack aimed at the true label;
+* `consistency` = Pr(f(x + A(x, y)) = f(x)): the same attacked inputs, compared with the
+  model's clean prediction (a misclassified input that the label attack leaves alone counts
+  as consistent);
+* `fooling_rate` = Pr(f(x + A(x, f(x))) ≠ f(x)), the papers' definition (CuSP paper, Sec. 2):
+  the attack aimed at the model's own clean prediction; `not_fooled` = 1 − fooling_rate is
+  what the papers plot, so that every curve starts at 1 (supplementary Fig. 7 shows accuracy
+  beside it). The two attacks are the same where the model is right, so only misclassified
+  inputs are attacked a second time.
+
+The CuSP table's adversarial accuracy is the scalar `robustness.<name>.acc@8/255` (or at any
+declared ε, see `acc_at`). A PGD profile states its step size: curve column `alpha` (the step
+at that ε) and the text column `robustness.<name>.alpha_rule` in trials.parquet ("given", or
+"2.5*eps/steps": Madry et al.'s rule, used when the study gives no `alpha`).
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..attacks import attack, attack_parameters, get_attack, perturbation_norm
+from ..attacks import attack, attack_options, attack_parameters, get_attack, perturbation_norm, pgd_step
 from ..errors import StudyError
 from ..registry import ATTACKS, METRICS
 from ..spec.types import Number
@@ -97,8 +108,10 @@ class RobustnessOptions(MetricOptions):
         return self.name or self.attack
 
 
-def _budget_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: dict) -> dict:
-    """(accuracy, consistency) per ε for an attack that takes a budget: one run per ε."""
+def _budget_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: dict,
+                 fooled: dict | None = None) -> dict:
+    """(accuracy, consistency) per ε for an attack that takes a budget: one run per ε; the
+    papers' fooling rate per ε goes into `fooled`."""
     rows = {}
     for e in epss:
         if e == 0:
@@ -108,31 +121,71 @@ def _budget_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: d
             adv = attack(run.model, o.attack, run.x, run.y, e, batch_size=run.batch_size, seed=o.seed, **hp)
             pred = run.predict(adv)
         rows[e] = ((pred == run.y).float().mean().item(), (pred == clean).float().mean().item())
+        if fooled is not None:
+            fooled[e] = 0.0 if e == 0 else (retarget(run, o, hp, pred, clean, eps=e)[0] != clean).float().mean().item()
     return rows
 
 
-def _minimal_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: dict, norm: str) -> dict:
+def _minimal_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: dict, norm: str,
+                  fooled: dict | None = None) -> dict:
     """(accuracy, consistency) per ε for a minimal-perturbation attack, run once: an input
-    is broken at ε when its perturbation's norm is at most ε."""
+    is broken at ε when its perturbation's norm is at most ε; the papers' fooling rate per ε
+    goes into `fooled`."""
     adv = attack(run.model, o.attack, run.x, run.y, batch_size=run.batch_size, seed=o.seed, **hp)
     pred = run.predict(adv)
     size = perturbation_norm(adv - run.x, norm)
+    own, own_size = retarget(run, o, hp, pred, clean, size=size, norm=norm)
     rows = {}
     for e in epss:
         within = size <= e
         acc = ((clean == run.y) & ~(within & (pred != run.y))).float().mean().item()
         con = (~(within & (pred != clean))).float().mean().item()
         rows[e] = (acc, con)
+        if fooled is not None:
+            fooled[e] = ((own_size <= e) & (own != clean)).float().mean().item()
     return rows
 
 
+def retarget(run: Run, o: RobustnessOptions, hp: dict, pred, clean, *, eps: float | None = None,
+             size=None, norm: str | None = None):
+    """Predictions (and, for a minimal attack, perturbation norms) under the attack aimed at the
+    model's own clean prediction instead of the label, from those of the label attack (`pred`,
+    `size`): the two attacks coincide where the model is right, so only the misclassified
+    inputs are attacked again, with their clean prediction as the label."""
+    wrong = (clean != run.y).nonzero().squeeze(1)
+    if wrong.numel() == 0:
+        return pred, size
+    adv = attack(run.model, o.attack, run.x[wrong], clean[wrong], eps, batch_size=run.batch_size,
+                 seed=o.seed, **hp)
+    pred = pred.clone()
+    pred[wrong] = run.predict(adv)
+    if size is not None:
+        size = size.clone()
+        size[wrong] = perturbation_norm(adv - run.x[wrong], norm)
+    return pred, size
+
+
+def step_rule(o: RobustnessOptions, hp: dict, epss: list[float]) -> tuple[str | None, dict]:
+    """(`alpha_rule` text, {ε: step size}) of an attack that takes a step size (PGD); (None, {})
+    for the others."""
+    if "alpha" not in get_attack(o.attack).params:
+        return None, {}
+    opts = attack_options(o.attack, **hp)
+    rule = "given" if opts.alpha is not None else "2.5*eps/steps"
+    return rule, {e: float(pgd_step(e, opts)) for e in epss}
+
+
 class Robustness(Metric):
-    """Robustness profile (Kamath et al., invariance vs robustness; CuSP Sec. 4):
-    per ε, accuracy and consistency (1 − fooling rate vs clean predictions) on a fixed
-    seeded subset. Budget attacks run once per ε; minimal-perturbation attacks
+    """Robustness profile (Kamath et al., invariance vs robustness; CuSP Sec. 2 and 4):
+    per ε, accuracy and consistency under the attack on the true label, and the papers'
+    fooling rate (the attack on the model's own prediction; `not_fooled` = 1 − it), on a
+    fixed seeded subset. Budget attacks run once per ε; minimal-perturbation attacks
     (DeepFool, CW) run once and an input is broken at ε when its perturbation's norm
     is at most ε. Scalars: `auc` (mean accuracy over the ε range), `consistency_auc`,
-    `acc@<ε>`."""
+    `not_fooled_auc`, `acc@<ε>`; PGD adds the note `alpha_rule`."""
+
+    # Curve columns that are proportions of the subset (for Wilson intervals).
+    proportions = ("accuracy", "consistency", "fooling_rate", "not_fooled")
 
     def compute(self, run: Run, o: RobustnessOptions) -> MetricResult:
         info = get_attack(o.attack)
@@ -143,19 +196,26 @@ class Robustness(Metric):
         epss = sorted({float(e) for e in list(o.eps) + acc_at})
         hp = {k: getattr(o, k) for k in attack_parameters() if getattr(o, k, None) is not None}
         clean = run.predict()
+        fooled: dict = {}
         if info.budget:
-            rows = _budget_rows(run, o, epss, clean, hp)
+            rows = _budget_rows(run, o, epss, clean, hp, fooled)
         else:
-            rows = _minimal_rows(run, o, epss, clean, hp, norm)
+            rows = _minimal_rows(run, o, epss, clean, hp, norm, fooled)
         res = MetricResult()
         key = f"robustness.{o.label}"
         x_title = "ε (L∞ pixel units)" if norm == "Linf" else "ε (L2)"
+        rule, alphas = step_rule(o, hp, epss)
         for e in epss:
             acc, con = rows[e]
-            res.curves.append({"metric": key, "x": e, "x_title": x_title, "accuracy": acc, "consistency": con})
+            res.curves.append({"metric": key, "x": e, "x_title": x_title, "accuracy": acc, "consistency": con,
+                               "fooling_rate": fooled[e], "not_fooled": 1.0 - fooled[e],
+                               **({"alpha": alphas[e], "alpha_rule": rule} if rule else {})})
+        if rule:
+            res.notes[f"{key}.alpha_rule"] = rule
         declared = sorted({float(v) for v in o.eps})
         res.scalars[f"{key}.auc"] = normalized_auc(declared, [rows[e][0] for e in declared])
         res.scalars[f"{key}.consistency_auc"] = normalized_auc(declared, [rows[e][1] for e in declared])
+        res.scalars[f"{key}.not_fooled_auc"] = normalized_auc(declared, [1.0 - fooled[e] for e in declared])
         for e in acc_at:
             res.scalars[f"{key}.acc@{eps_label(float(e))}"] = rows[float(e)][0]
         return res

@@ -65,12 +65,15 @@ class AugmentSpec(Strict):
     rotation: uniform angle in [-θ, θ] degrees; translation: integer shift in
     [-i, i] pixels on each axis; both nearest-neighbour with black fill (as in the
     papers). crop: pad-and-crop by up to `crop` pixels; flip: random horizontal flip.
+    worst_of_k: of k such random transforms per example, train on the one with the highest
+    loss (Engstrom et al., 2019; 1 = plain random augmentation).
     """
 
     rotation: Angle = 0.0
     translation: int = Field(0, ge=0)
     crop: int = Field(0, ge=0)
     flip: bool = False
+    worst_of_k: int = new_field(1, ge=1)
 
 
 class StageSpec(Strict):

@@ -1,0 +1,85 @@
+"""`attack: deepfool` is the batched DeepFool (issue 17, item 11), and the boundary distance
+has the papers' average over every test point in normalized-input units (item 8)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from raystudy.attacks import attack, deepfool_batched, get_attack
+from raystudy.data import DataInfo, DeviceData
+from raystudy.metrics import predict
+
+from helpers import run_metric, train_stdcnn
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_small):
+    return train_stdcnn(mnist_small)
+
+
+def test_deepfool_is_the_batched_one_and_fools_every_correct_digit(trained, mnist_small):
+    """torchattacks' DeepFool fooled only 57% of the correctly classified digits of a small MNIST
+    CNN within 50 steps (the rest then counted as robust at every ε); `deepfool` must fool them
+    all."""
+    assert get_attack("deepfool").run is not None and get_attack("deepfool_torchattacks").make is not None
+    x, y = mnist_small.x_test[:200], mnist_small.y_test[:200]
+    adv = attack(trained, "deepfool", x, y, steps=50)
+    assert torch.equal(adv, deepfool_batched(trained, x, y, steps=50).adv)
+    correct = predict(trained, x) == y
+    fooled = predict(trained, adv) != y
+    assert correct.sum() > 150
+    assert (fooled & correct).sum().item() / correct.sum().item() >= 0.99
+    res = run_metric("robustness", trained, mnist_small, attack="deepfool", eps=[0, 1e6], n=200)
+    assert {r["x"]: r["accuracy"] for r in res.curves}[1e6] <= 0.01
+
+
+def affine_data(n: int = 30, std: float = 0.25):
+    """An affine 4-class model on 1x6x6 images with a Normalize-like `std` buffer, and inputs
+    well inside the box (so DeepFool reaches the exact boundary point); labels that disagree
+    with the model on a third of the inputs."""
+    class Affine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = nn.Linear(36, 4).double()
+            self.register_buffer("std", torch.full((1, 1, 1, 1), std, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.lin((x / self.std).flatten(1))
+
+    model = Affine().eval()
+    x = (0.45 + 0.1 * torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(1))).double()
+    y = predict(model, x)
+    y[::3] = (y[::3] + 1) % 4
+    e = torch.empty(0, 1, 6, 6, dtype=torch.float64)
+    return model, DeviceData("toy", e, y[:0], e, y[:0], x, y, DataInfo(1, 6, 6, 4, (0.5,), (std,)))
+
+
+def test_all_points_average_in_normalized_units_against_the_closed_form():
+    model, data = affine_data()
+    x, y = data.x_test, data.y_test
+    # Closed form: distance from each input to the nearest boundary of its predicted class.
+    W, b = model.lin.weight.detach() / 0.25, model.lin.bias.detach()
+    f = x.flatten(1) @ W.T + b
+    k = f.argmax(1)
+    d = ((f - f.gather(1, k[:, None])).abs() / (W[None] - W[k][:, None]).norm(dim=2)).scatter(
+        1, k[:, None], float("inf")).min(1).values
+    res = run_metric("boundary_distance", model, data, n=None, candidates=4).scalars
+    right = k == y
+    assert 0 < right.sum() < len(y)
+    assert res["boundary.all.success_rate"] == 1.0
+    assert res["boundary.all.l2"] == pytest.approx(1.02 * d.mean().item(), rel=1e-9)
+    assert res["boundary.all.l2_normalized"] == pytest.approx(1.02 * d.mean().item() / 0.25, rel=1e-9)
+    # The current average: correctly classified, fooled inputs only, in [0, 1] pixel units.
+    assert res["boundary.l2"] == pytest.approx(1.02 * d[right].mean().item(), rel=1e-9)
+    assert res["boundary.success_rate"] == 1.0 and res["boundary.n"] == right.sum().item()
+
+
+def test_normalized_units_use_the_models_own_std(trained, mnist_small):
+    """The StdCNN normalizes with MNIST's σ = 0.3081: its normalized distances are the pixel
+    ones divided by it (one channel)."""
+    res = run_metric("boundary_distance", trained, mnist_small, n=40, steps=50).scalars
+    assert res["boundary.all.l2_normalized"] == pytest.approx(res["boundary.all.l2"] / 0.3081, rel=1e-5)
+    assert res["boundary.all.success_rate"] == 1.0
