@@ -131,6 +131,7 @@ METHOD_CASES = {
     "natural": {},
     "pgd_at": {"eps": 0.1, "step_size": 0.05, "steps": 2},
     "fgsm_at": {"eps": 0.1},
+    "fgsm_rs": {"eps": 0.1},
     "mixed": {"attack": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
     "trades": {"eps": 0.1, "step_size": 0.05, "steps": 2},
     "cusp": {"rotations": [30, 60], "eps": [0.05, 0.1], "steps": 2, "step_size": 0.05},
