@@ -30,3 +30,18 @@ def run_metric(metric: str, model, data, /, **opts):
     from raystudy.registry import METRICS
     entry = METRICS.get(metric)
     return entry.obj(EvalContext(model, data, torch.device("cpu")), entry.schema.model_validate(opts))
+
+
+def record_trials(out, configs: dict, params: dict | None = None):
+    """A recorded results folder without Ray: each {trial_id: config} trained and evaluated by
+    raystudy.execute.run_trial and recorded by the ResultStore, as the driver would."""
+    from raystudy.data import load
+    from raystudy.execute import run_trial
+    from raystudy.results import ResultStore
+    from raystudy.spec.validate import validate_trial
+    store = ResultStore(out)
+    for tid, cfg in configs.items():
+        trial = {"trial_id": tid, "params": (params or {}).get(tid, {}), "config": cfg}
+        final = run_trial(trial, load(validate_trial(cfg).cfg.data))
+        store.record(trial, "completed", final)
+    return out
