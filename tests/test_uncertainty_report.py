@@ -161,3 +161,31 @@ def test_status_and_report_rejudge_under_the_studys_health_options(demo, monkeyp
     assert judge_tables(load(tolerant)).trials["health.ok"].dropna().all()
     assert main(["status", str(demo)]) == 0
     assert f"unhealthy {UNHEALTHY}" in capsys.readouterr().out
+
+
+STUCK_STUDY = """
+name: stuck
+data: {dataset: synthetic, train_size: 128, test_size: 64, val_fraction: 0.0}
+model: {arch: stdcnn_mnist, channels: [4, 4, 8, 8], hidden: 16}
+train: {epochs: 2, batch_size: 16, optimizer: {name: adam, lr: 0.01}}
+space:
+  variant: {zip: {train.optimizer: [{name: adam, lr: 0.01}, {name: sgd, lr: 1.0e-9}]}}
+evaluate: [accuracy]
+resources: {cpu: 1, gpu: 0}
+"""
+
+
+@pytest.mark.slow   # real Ray trials
+def test_run_prints_one_warning_per_unhealthy_trial(ray_local, tmp_path, capsys):
+    """A model that never moved (SGD with lr 1e-9) is flagged did_not_learn; the trained one is not."""
+    pytest.importorskip("raystudy.health", reason="the checks' module (raystudy.health) is not merged yet")
+    from raystudy.cli import main
+    study = tmp_path / "stuck.yaml"
+    study.write_text(STUCK_STUDY)
+    assert main(["run", str(study), "--results", str(tmp_path / "res"), "--no-dashboard"]) == 0
+    out = capsys.readouterr().out
+    warnings = [ln for ln in out.splitlines() if ln.startswith("raystudy: warning: unhealthy trial")]
+    assert len(warnings) == 1 and "did_not_learn" in warnings[0] and "variant=1" in warnings[0], out
+    assert "1 trial(s) recorded unhealthy" in out
+    assert main(["status", str(tmp_path / "res" / "stuck")]) == 0
+    assert "did_not_learn" in capsys.readouterr().out
