@@ -28,7 +28,7 @@ from raystudy.results import STANDARD_COLUMNS, config_columns
 
 # trials.parquet columns that are bookkeeping, not configuration or results.
 META_COLUMNS = {"trial_id", "status", "error", "runs", "experiment_tag", "device", "data_source",
-                "epochs_run", "label", "resumed_from_epoch", "epoch_reports"}
+                "epochs_run", "label", "resumed_from_epoch", "epoch_reports", "health.ok", "health.flags"}
 
 
 @dataclass

@@ -100,6 +100,8 @@ def cmd_run(args) -> int:
         print(f"  failed {tid}: {reason}")
     if summary.failed:
         print("  (re-run with --retry-failed to try failed trials again)")
+    if summary.unhealthy:
+        print(f"  {len(summary.unhealthy)} trial(s) recorded unhealthy; `raystudy status {out}` lists them")
     return 0
 
 
@@ -122,7 +124,20 @@ def cmd_status(args) -> int:
     if failed:
         for _, r in st[st["status"] == "error"].iterrows():
             print(f"  failed {r['trial_id']}: {r['error']}")
+    _print_unhealthy(st, plan)
     return 0
+
+
+def _print_unhealthy(trials, plan: dict) -> None:
+    """The completed trials judged unhealthy, with their failed checks (raystudy.healthview)."""
+    from .healthview import describe, rejudge, unhealthy
+    bad = unhealthy(rejudge(trials.to_dict("records"), plan))
+    if not bad:
+        return
+    params = {t["trial_id"]: t.get("params") for t in plan["trials"]}
+    print(f"  {len(bad)} unhealthy (their numbers may not be believable; the `health:` section sets the checks):")
+    for tid, flags in bad:
+        print(f"  unhealthy {describe(tid, params.get(tid), flags)}")
 
 
 def cmd_report(args) -> int:

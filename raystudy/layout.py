@@ -4,6 +4,7 @@
       study.json                          the plan: every trial's id, params and config, the base
       trials.parquet                      one row per trial (results.ResultStore)
       curves.parquet, epochs.parquet      long-format curves, per-epoch logs
+      outcomes.parquet                    per-example outcomes of each curve point (packed bits)
       transfer.parquet                    the matrix of the `after: transfer` step
       tune-<YYYYmmdd-HHMMSS>[-k]/         one Ray Tune experiment per `raystudy run`
         <trial_id>/params.json, result.json, error.txt
@@ -32,6 +33,7 @@ PLAN = "study.json"
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 EPOCHS = "epochs.parquet"
+OUTCOMES = "outcomes.parquet"
 TRANSFER = "transfer.parquet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
@@ -40,7 +42,7 @@ PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 EXPERIMENT_PREFIX = "tune-"
 CHECKPOINT_PREFIX = "checkpoint_"
-TABLES = (TRIALS, CURVES, EPOCHS)
+TABLES = (TRIALS, CURVES, EPOCHS, OUTCOMES)
 
 
 def checkpoint_number(p: Path) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ray import tune
 
+from .healthview import verdict, warning_line
 from .layout import ERROR_FILE, MODEL_FILE, Layout
 from .results import ResultStore, error_reason
 
@@ -80,6 +81,7 @@ class StudyCallback(tune.Callback):
         self.summary.completed += 1
         rf = last.get("resumed_from_epoch") or 0
         self._progress(trial, "done" + (f" (resumed from epoch {rf})" if rf else ""))
+        self._health(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed(trial, _trial_error(trial), None, trace=True)
@@ -97,6 +99,15 @@ class StudyCallback(tune.Callback):
         # Tune copies error.txt from its staging folder into the experiment folder.
         where = f"; full trace in {Path(trial.path) / ERROR_FILE}" if trace and trial.path else ""
         self._progress(trial, f"FAILED: {reason}{where}")
+
+    def _health(self, trial) -> None:
+        """One warning line when the trial just recorded was judged unhealthy (raystudy.health)."""
+        t = trial.config["trial"]
+        ok, flags = verdict(self.store.rows.get(t["trial_id"], {}))
+        if ok is False:
+            self.summary.unhealthy.append((t["trial_id"], flags))
+            if self.verbose:
+                _say(warning_line(t["trial_id"], t["params"], flags))
 
     def _final_checkpoint(self, trial) -> str | None:
         # Tune's latest checkpoint is the final report's; the layout's rule confirms it.

@@ -42,6 +42,8 @@ class RunSummary:
     skipped: int = 0
     resumed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # (trial id, failed health checks) of trials recorded unhealthy in this run.
+    unhealthy: list[tuple[str, list[str]]] = field(default_factory=list)
     wall_s: float = 0.0
     dashboard_url: str | None = None
     moved_to: Path | None = None

@@ -30,6 +30,7 @@ from raystudy.registry import (AFTER_STEPS, ATTACKS, DATASETS, METHODS, METRICS,
                                SCHEDULES)
 from raystudy.spec.schema import AugmentSpec, DataSpec
 
+from helpers import assert_uncertainty_contract
 from test_data import write_idx
 
 CPU = torch.device("cpu")
@@ -114,6 +115,7 @@ def test_metric_contract(name, trained, syn):
         assert isinstance(row["x_title"], str) and row["x_title"] and row["x_title"] != "x", row
     # Seeded subset and draws, evaluated in eval mode: the training mode changes nothing.
     assert results[1].scalars == res.scalars and results[1].curves == res.curves
+    assert_uncertainty_contract(res)
 
 
 @pytest.mark.parametrize("name", METRICS.names())
