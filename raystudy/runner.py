@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .basecheck import check_base, plan_record
+from .dashboard import dashboard_lines, job_metadata, study_trainable
 from .errors import StudyError
 from .faults import FAULT_ENV, faults_from_env
 from .layout import PLAN, Layout
 from .provenance import code_policy as _code_policy
 from .provenance import code_record, run_entry, with_run
 from .results import ResultStore, write_json_atomic
-from .session import check_resources, init_ray, quiet_tune
+from .session import check_address, check_resources, init_ray, quiet_tune
 from .spec.load import StudyDocument
 from .spec.space import Trial
 
@@ -155,6 +156,7 @@ def _tuner(study: StudyDocument, layout: Layout, trials: list[dict], bundles: di
     res = study.spec.resources
     fn = tune.with_parameters(trainable, bundles=bundles, cpus=res.cpu)
     fn = tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+    fn = study_trainable(fn, study.name)   # actors named <study>:<trial id> on the dashboard
     return tune.Tuner(
         fn,
         param_space={"trial": tune.grid_search(trials)},
@@ -192,11 +194,12 @@ def _fit(study: StudyDocument, layout: Layout, todo: list[Trial], store: ResultS
          max_concurrent: int | None, verbose: bool, code: dict | None = None) -> None:
     """Start Ray and run `todo`; StudyInterrupted when Tune stopped before all were recorded."""
     worker_faults, driver_faults = faults_from_env()
+    check_address(address)
     weights = _warm_starts(study, todo, results.resolve())
     bundles = _load_data(study, todo)
-    summary.dashboard_url = init_ray(address, dashboard)
-    if verbose and summary.dashboard_url:
-        _say(f"raystudy: Ray dashboard at {summary.dashboard_url}")
+    summary.dashboard_url = init_ray(address, dashboard, job=job_metadata(study.name, layout.out, code))
+    for line in dashboard_lines(summary.dashboard_url, study.name) if verbose else []:
+        _say(f"raystudy: {line}")
     check_resources(study.spec.resources, study.file)
     from .progress import StudyCallback
     cb = StudyCallback(store, summary, len(todo), verbose, driver_faults)
