@@ -56,6 +56,6 @@ def dashboard_lines(url: str | None, study: str) -> list[str]:
     hint = login_hint()
     if hint:
         lines.append(f"  {hint}")
-    lines.append(f"  Actors page: this study's trials are the actors of class {study_class(study)}, Repr {study}:<trial id>; "
-                 f"Jobs page: the job whose entrypoint is this command")
+    lines.append(f"  Actors page: this study's trials are the actors of class {study_class(study)} with Repr "
+                 f"{study}:<trial id>; Jobs page: the job whose entrypoint is this command")
     return lines
