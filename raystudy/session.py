@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
 from .clusterauth import check_auth, check_token_present
@@ -22,12 +23,19 @@ def check_address(address: str | None) -> None:
         _probe_address(address)
 
 
+def _connected() -> bool:
+    # A Ray this process already joined (a notebook, a test) has shown its credentials work.
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
+
+
 def _probe_address(address: str) -> None:
     """Fail in seconds on an unreachable cluster (ray.init would retry for minutes, then exit),
     or on one that will refuse this driver's authentication (raystudy.clusterauth)."""
     if address == "auto" or address.startswith("local"):
         return
-    check_token_present()
+    if not _connected():
+        check_token_present()
     target = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
@@ -39,7 +47,7 @@ def _probe_address(address: str) -> None:
     except OSError as e:
         raise StudyError(f"cannot reach the Ray cluster at '{address}' ({e.strerror or e})", path="--address",
                          hint="start it with `ray start --head` or check the address") from None
-    if not address.startswith("ray://"):
+    if not address.startswith("ray://") and not _connected():
         check_auth(address, host.strip("[]") or "127.0.0.1", int(port))
 
 
