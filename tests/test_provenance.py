@@ -196,6 +196,10 @@ def test_status_shows_the_versions_present(tmp_path, capsys):
     assert f"2 trials: commit {git(repo, 'rev-parse', 'HEAD')[:12]}" in printed
     assert f"torch: {metadata.version('torch')}" in printed and f"raystudy {__version__}" in printed
     assert "this checkout:" in printed
+    # The report treats provenance as bookkeeping, never as a metric.
+    from analysis.load import load
+    metrics = load(out).metric_columns
+    assert "accuracy" in metrics and not [m for m in metrics if m.startswith(("code.", "env."))]
 
 
 @pytest.mark.slow   # two real Ray runs, each in its own process
