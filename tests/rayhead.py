@@ -70,7 +70,7 @@ class RayHead:
         """A driver environment that authenticates to this head."""
         return driver_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, **extra)
 
-    def wait(self, timeout: float = 90) -> "RayHead":
+    def wait(self, timeout: float = 240) -> "RayHead":
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
