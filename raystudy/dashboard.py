@@ -5,9 +5,8 @@
   (also in `ray list jobs --detail`).
 * Actors page and log prefixes: each trial's actor is of class `raystudy_<study>` and has the
   repr `<study>:<trial id>` (the Class and Repr columns; the driver's console prefixes the
-  actor's log lines with the repr). Ray takes
-  an actor's repr once, when it starts: an actor that Tune reuses for later trials keeps the
-  name of its first trial.
+  actor's log lines with the repr). Ray takes an actor's repr once, when it starts: an actor
+  that Tune reuses for later trials keeps the name of its first trial.
 * Login: with token authentication (Ray 2.60's default) the page opens on a token box;
   raystudy prints where the token is (raystudy.clusterauth.login_hint).
 """

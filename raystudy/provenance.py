@@ -16,7 +16,7 @@ fix in a metric that would silently keep the old numbers. So every trial row als
   env.host, env.device, env.gpu, env.cuda, env.seed   the worker's host, the torch device,
                 the GPU model and CUDA version when it used one, the seed it gave torch
 
-The driver computes the code record once per run (three git calls) and ships it with each
+The driver computes the code record once per run (two to four git calls) and ships it with each
 trial; the worker adds env.* to its final result. study.json keeps one entry per run.
 """
 
