@@ -82,7 +82,7 @@ def cmd_run(args) -> int:
     try:
         summary = run_study(study, args.results, address=args.address, max_concurrent=args.max_concurrent,
                             dashboard=not args.no_dashboard, retry_failed=args.retry_failed,
-                            force_new=args.force_new)
+                            force_new=args.force_new, code_policy=args.code_policy)
     except KeyboardInterrupt as e:
         s = getattr(e, "summary", None)
         done = f"{s.completed}/{s.total} trials completed" if s else "finished trials are kept"
@@ -125,6 +125,7 @@ def cmd_status(args) -> int:
         for _, r in st[st["status"] == "error"].iterrows():
             print(f"  failed {r['trial_id']}: {r['error']}")
     _print_unhealthy(st, plan)
+    _print_versions(st)
     return 0
 
 
@@ -138,6 +139,16 @@ def _print_unhealthy(trials, plan: dict) -> None:
     print(f"  {len(bad)} unhealthy (their numbers may not be believable; the `health:` section sets the checks):")
     for tid, flags in bad:
         print(f"  unhealthy {describe(tid, params.get(tid), flags)}")
+
+
+def _print_versions(trials) -> None:
+    """The code and package versions the recorded trials were made by (provenance)."""
+    from .provenance import code_record, describe, versions_present
+    if not len(trials):
+        return
+    print(f"code and versions of the recorded trials (this checkout: {describe(code_record())}):")
+    for line in versions_present(trials.to_dict("records")):
+        print(line)
 
 
 def cmd_report(args) -> int:
@@ -189,7 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     sp.add_argument("--force-new", action="store_true",
                     help="start a fresh results folder (the old one is moved to <study>.old-<time>)")
-    sp.set_defaults(fn=cmd_run)
+    code = sp.add_mutually_exclusive_group()
+    code.add_argument("--rerun-changed-code", dest="code_policy", action="store_const", const="rerun",
+                      help="run again the finished trials that other code made (default: reuse them, with a warning)")
+    code.add_argument("--strict-code", dest="code_policy", action="store_const", const="strict",
+                      help="refuse (exit 2) when finished trials were made by other code")
+    sp.set_defaults(fn=cmd_run, code_policy="reuse")
 
     sp = sub.add_parser("status", help="trials done / failed / pending of a results folder")
     sp.add_argument("dir")

@@ -16,6 +16,7 @@ import torch
 
 from .metrics.base import EvalContext
 from .models import build_model, count_parameters
+from .provenance import environment
 from .spec.validate import validate_trial
 from .stats import encode
 from .train import fit
@@ -172,6 +173,8 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
         "wall_time_s": time.perf_counter() - t_start,
         "device": str(device),
         "data_source": bundle.source,
+        # Where it ran: package versions, host, device, the seed torch got (provenance).
+        **environment(device, cfg.seed),
         # Curves travel with the final result so they reach the driver on any cluster.
         "_curves": json.dumps([{k: json_safe(v) for k, v in r.items()} for r in curves]),
         "_outcomes": json.dumps([outcome_record(o) for o in outcomes]),

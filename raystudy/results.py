@@ -2,10 +2,12 @@
 
 Where they live is raystudy.layout's business; what they hold:
   trials.parquet   one row per trial: trial_id, status ('completed' | 'error'), error (one
-                   line), checkpoint (absolute path of the final checkpoint folder holding
-                   model.pt: warm starts and transfer attacks load it), runs (times the trial
-                   was recorded; a re-run study skips completed trials so it stays 1),
-                   varied config paths (dotted column names), scalar metrics, timings
+                   line), checkpoint (the final checkpoint folder holding model.pt, relative
+                   to the results folder so the folder can move: warm starts and transfer
+                   attacks load it through raystudy.layout), runs (times the trial was
+                   recorded; a re-run study skips completed trials so it stays 1), varied
+                   config paths (dotted column names), scalar metrics, timings, and the
+                   code.* / env.* provenance columns (raystudy.provenance)
   curves.parquet   long format: trial_id, metric, x, accuracy / consistency / ...
   epochs.parquet   per-epoch training logs (loss, lr, augmentation, ε, ...)
   outcomes.parquet per-example outcomes: trial_id, metric, x, n, examples, correct (np.packbits
@@ -155,8 +157,11 @@ class ResultStore:
                checkpoint: str | None = None, runs: int | None = None, flush: bool = True) -> None:
         """One trial's row (replacing any earlier one); `runs` counts how often it was recorded."""
         tid = trial["trial_id"]
-        row: dict[str, Any] = {"trial_id": tid, "status": status, "error": error, "checkpoint": checkpoint}
+        row: dict[str, Any] = {"trial_id": tid, "status": status, "error": error,
+                               "checkpoint": Layout(self.out).relative(checkpoint)}
         row.update(config_columns(trial))
+        # The code the driver shipped with the trial (raystudy.provenance): errors carry it too.
+        row.update({k: _cell(v) for k, v in (trial.get("code") or {}).items()})
         curves, outcomes = [], []
         if result:
             for k, v in result.items():

@@ -9,7 +9,9 @@ before Ray starts too. Running a study again continues it:
 * a trial interrupted in an earlier run (Ctrl-C, a crashed driver) resumes from its
   newest checkpoint in the earlier `tune-*` experiment folders (raystudy.layout's rule);
 * a changed base config (the trial-level config outside `space`) is refused with a
-  diff, unless `force_new`, which moves the old results aside (raystudy.basecheck).
+  diff, unless `force_new`, which moves the old results aside (raystudy.basecheck);
+* finished trials made by other code (raystudy.provenance: the package's source hash)
+  are reused and reported, re-run (`code_policy="rerun"`) or refused ("strict").
 
 The seams: session.py (Ray), progress.py (the Tune callback that records trials),
 layout.py (the results folder), basecheck.py (study.json and the base check), faults.py
@@ -24,11 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .basecheck import check_base, plan_record
+from .dashboard import dashboard_lines, job_metadata, study_trainable
 from .errors import StudyError
 from .faults import FAULT_ENV, faults_from_env
 from .layout import PLAN, Layout
+from .provenance import code_policy as _code_policy
+from .provenance import code_record, run_entry, with_run
 from .results import ResultStore, write_json_atomic
-from .session import check_resources, init_ray, quiet_tune
+from .session import check_address, check_resources, init_ray, quiet_tune
 from .spec.load import StudyDocument
 from .spec.space import Trial
 
@@ -72,12 +77,16 @@ def _open_folder(study: StudyDocument, layout: Layout, force_new: bool, verbose:
     return moved
 
 
-def _to_run(study: StudyDocument, store: ResultStore, summary: RunSummary, retry_failed: bool) -> list[Trial]:
-    """The trials not recorded yet (or failed, with retry_failed); counts the rest in summary."""
+def _to_run(study: StudyDocument, store: ResultStore, summary: RunSummary, retry_failed: bool,
+            rerun: set[str] = frozenset()) -> list[Trial]:
+    """The trials not recorded yet (or failed, with retry_failed; or in `rerun`); counts the
+    rest in summary."""
     todo = []
     for t in study.trials:
         st = store.status_of(t.trial_id)
-        if st == "completed" or (st == "error" and not retry_failed):
+        if t.trial_id in rerun:
+            todo.append(t)
+        elif st == "completed" or (st == "error" and not retry_failed):
             summary.skipped += 1
             if st == "completed":
                 summary.completed += 1
@@ -121,12 +130,16 @@ def _load_data(study: StudyDocument, todo: list[Trial]) -> dict:
     return bundles
 
 
-def _ray_trials(todo: list[Trial], resume: dict, weights: dict, faults: list[dict]) -> list[dict]:
+def _ray_trials(todo: list[Trial], resume: dict, weights: dict, faults: list[dict],
+                code: dict | None = None) -> list[dict]:
     """The trial dicts Ray gets: the trial (id, params, config: what the id hashes) plus what
-    the driver worked out for it: where it resumes, its warm-start weights, test faults."""
+    the driver worked out for it: where it resumes, its warm-start weights, test faults, the
+    code record of this run (provenance; recorded with the trial's row)."""
     trials = []
     for t in todo:
         d = t.to_ray()
+        if code:
+            d["code"] = code
         if t.trial_id in resume:
             d["resume_from"] = resume[t.trial_id]
         if t.trial_id in weights:
@@ -145,6 +158,7 @@ def _tuner(study: StudyDocument, layout: Layout, trials: list[dict], bundles: di
     res = study.spec.resources
     fn = tune.with_parameters(trainable, bundles=bundles, cpus=res.cpu)
     fn = tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+    fn = study_trainable(fn, study.name)   # actors named <study>:<trial id> on the dashboard
     return tune.Tuner(
         fn,
         param_space={"trial": tune.grid_search(trials)},
@@ -179,18 +193,19 @@ def _after_steps(study: StudyDocument, out: Path, verbose: bool) -> None:
 
 def _fit(study: StudyDocument, layout: Layout, todo: list[Trial], store: ResultStore, summary: RunSummary, *,
          resume: dict[str, str], results: Path, address: str | None, dashboard: bool,
-         max_concurrent: int | None, verbose: bool) -> None:
+         max_concurrent: int | None, verbose: bool, code: dict | None = None) -> None:
     """Start Ray and run `todo`; StudyInterrupted when Tune stopped before all were recorded."""
     worker_faults, driver_faults = faults_from_env()
+    check_address(address)
     weights = _warm_starts(study, todo, results.resolve())
     bundles = _load_data(study, todo)
-    summary.dashboard_url = init_ray(address, dashboard)
-    if verbose and summary.dashboard_url:
-        _say(f"raystudy: Ray dashboard at {summary.dashboard_url}")
+    summary.dashboard_url = init_ray(address, dashboard, job=job_metadata(study.name, layout.out, code))
+    for line in dashboard_lines(summary.dashboard_url, study.name) if verbose else []:
+        _say(f"raystudy: {line}")
     check_resources(study.spec.resources, study.file)
     from .progress import StudyCallback
     cb = StudyCallback(store, summary, len(todo), verbose, driver_faults)
-    tuner = _tuner(study, layout, _ray_trials(todo, resume, weights, worker_faults), bundles, cb, max_concurrent)
+    tuner = _tuner(study, layout, _ray_trials(todo, resume, weights, worker_faults, code), bundles, cb, max_concurrent)
     with quiet_tune():
         tuner.fit()
     if cb.recorded < len(todo):
@@ -198,21 +213,43 @@ def _fit(study: StudyDocument, layout: Layout, todo: list[Trial], store: ResultS
         raise StudyInterrupted(summary)
 
 
+def _code_check(study: StudyDocument, store: ResultStore, code: dict, policy: str) -> set[str]:
+    """Finished trials made by other code: the ids to run again; says what it does (loudly)."""
+    rerun, msg = _code_policy(store.rows, [t.trial_id for t in study.trials], code, policy, study.file)
+    if msg:
+        _say(f"raystudy: WARNING: {msg}")
+    return rerun
+
+
+def _previous_plan(layout: Layout) -> dict | None:
+    try:
+        return layout.read_plan()
+    except StudyError:
+        return None  # unreadable: this run writes it anew (its earlier runs are lost)
+
+
 def run_study(study: StudyDocument, results: str | Path = "results", *, address: str | None = None,
               max_concurrent: int | None = None, dashboard: bool = True, retry_failed: bool = False,
-              force_new: bool = False, verbose: bool = True) -> RunSummary:
+              force_new: bool = False, verbose: bool = True, code_policy: str = "reuse",
+              code: dict | None = None) -> RunSummary:
+    """Run (or continue) a study; `code` is this run's provenance.code_record (computed
+    from the installed package when None), `code_policy` one of provenance.POLICIES."""
     t0 = time.perf_counter()
     layout = Layout(Path(results) / study.name)
     moved = _open_folder(study, layout, force_new, verbose)
     store = ResultStore(layout.out)
-    write_json_atomic(plan_record(study), layout / PLAN)
+    code = code or code_record()
+    rerun = _code_check(study, store, code, code_policy)
     summary = RunSummary(out=layout.out, total=len(study.trials), moved_to=moved)
-    todo = _to_run(study, store, summary, retry_failed)
+    todo = _to_run(study, store, summary, retry_failed, rerun)
+    write_json_atomic(with_run(plan_record(study), _previous_plan(layout),
+                               run_entry(code, len(study.trials), len(todo))), layout / PLAN)
     worker_faults, driver_faults = faults_from_env()
     if verbose and (worker_faults or driver_faults):
         _say(f"raystudy: {FAULT_ENV} is set: injecting test faults ({os.environ[FAULT_ENV]}); "
              "unset it for real studies")
-    resume = layout.resume_points(t.trial_id for t in todo)
+    # A trial run again for changed code starts afresh, not from the old code's checkpoint.
+    resume = layout.resume_points(t.trial_id for t in todo if t.trial_id not in rerun)
     summary.resumed = len(resume)
     if verbose:
         _say(f"raystudy: study '{study.name}': {len(study.trials)} trials, {len(todo)} to run"
@@ -222,7 +259,7 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
     if todo:
         try:
             _fit(study, layout, todo, store, summary, resume=resume, results=Path(results), address=address,
-                 dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose)
+                 dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose, code=code)
         finally:
             summary.wall_s = time.perf_counter() - t0
     _after_steps(study, layout.out, verbose)
