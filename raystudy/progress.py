@@ -72,6 +72,10 @@ class StudyCallback(tune.Callback):
         if last.get("_failed"):
             self._failed(trial, last["_failed"], last)
             return
+        if not last:
+            # Complete without a final report: a scheduler (tune.scheduler) stopped it early.
+            self._stopped(trial)
+            return
         self.store.record(trial.config["trial"], "completed", last or None,
                           epochs=self._seen_epochs(tid), checkpoint=self._final_checkpoint(trial),
                           extra={"epoch_reports": len(self.epochs.get(tid, []))})
@@ -80,6 +84,18 @@ class StudyCallback(tune.Callback):
         self.summary.completed += 1
         rf = last.get("resumed_from_epoch") or 0
         self._progress(trial, "done" + (f" (resumed from epoch {rf})" if rf else ""))
+
+    def _stopped(self, trial) -> None:
+        tid = self._tid(trial)
+        seen = self._seen_epochs(tid)
+        epoch = seen[-1].get("epoch", 0) if seen else 0
+        self.store.record(trial.config["trial"], "stopped", None, epochs=seen,
+                          checkpoint=self._final_checkpoint(trial),
+                          extra={"epochs_run": epoch, "stopped_at_epoch": epoch,
+                                 "epoch_reports": len(self.epochs.get(tid, []))})
+        self.recorded += 1
+        self.summary.stopped += 1
+        self._progress(trial, f"stopped early after epoch {epoch}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed(trial, _trial_error(trial), None, trace=True)
