@@ -27,6 +27,8 @@ from ray.tune.logger import TBXLoggerCallback
 
 from .spec.paths import flatten
 
+# How long the driver waits for a W&B offline run to be written at a trial's end.
+OFFLINE_WAIT_S = 120
 # Tune's bookkeeping in every result: not worth a chart.
 _BOOKKEEPING = {"timestamp", "pid", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
                 "iterations_since_restore", "done", "final", "should_checkpoint"}
@@ -148,6 +150,17 @@ class StudyMLflowCallback(MLflowLoggerCallback):
 
 
 class StudyWandbActor(_WandbLoggingActor):
+    def run(self):
+        try:
+            super().run()
+        finally:
+            # wandb 0.31's service writes the run file only when it is torn down; Tune kills
+            # this actor right after run() returns, which without this loses the whole run
+            # in offline mode (the .wandb file keeps its 7-byte header and nothing else).
+            teardown = getattr(self._wandb, "teardown", None)
+            if teardown is not None:
+                teardown()
+
     def _handle_result(self, result):
         log, config_update = super()._handle_result(result)
         for key, rows in (("curves", curves_of(result)), ("epochs", history_of(result))):
@@ -171,6 +184,17 @@ class StudyWandbCallback(WandbLoggerCallback):
         # Tune asks for an API key unless WANDB_MODE says offline/disabled; the study says so.
         with _env("WANDB_MODE", None if self.mode == "online" else self.mode):
             super().setup(*args, **kwargs)
+
+    def log_trial_end(self, trial, failed: bool = False):
+        # Offline runs live in the trial's folder, which Tune copies into the results folder
+        # before it waits for the logging actors (on_experiment_end): without waiting here,
+        # the last trial's run file would arrive there empty.
+        self._signal_logging_actor_stop(trial=trial)
+        future = self._trial_logging_futures.get(trial)
+        if future is not None and self.mode != "online":
+            import ray
+            ray.wait([future], timeout=OFFLINE_WAIT_S)
+        self._cleanup_logging_actors()
 
 
 @contextlib.contextmanager
