@@ -33,7 +33,10 @@ def cmd_validate(args) -> int:
             _print_error(e)
             bad += 1
             continue
-        print(f"ok: {f}: study '{study.name}', {len(study.trials)} trials")
+        search = study.spec.tune.search
+        size = (f"tune.search of up to {search.num_samples} trials" if search is not None
+                else f"{len(study.trials)} trials")
+        print(f"ok: {f}: study '{study.name}', {size}")
     return EXIT_BAD_INPUT if bad else 0
 
 

@@ -6,9 +6,10 @@
       curves.parquet, epochs.parquet      long-format curves, per-epoch logs
       transfer.parquet                    the matrix of the `after: transfer` step
       tune-<YYYYmmdd-HHMMSS>[-k]/         one Ray Tune experiment per `raystudy run`
-        <trial_id>/params.json, result.json, error.txt
+        <trial_id>/params.json, result.json, error.txt, stopped.json
         <trial_id>/checkpoint_<N>/model.pt   the final weights (the trial's last report)
         <trial_id>/checkpoint_<N>/state.pt   the full training state, every checkpoint_every epochs
+                                             (and beside model.pt; Tune keeps the newest only)
 
 Which checkpoint, for every reader (one rule): a folder already named for the trial (the
 `checkpoint` column of trials.parquet, Tune's own latest checkpoint) if it holds the file;
@@ -36,6 +37,7 @@ TRANSFER = "transfer.parquet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
 ERROR_FILE = "error.txt"
+STOPPED_FILE = "stopped.json"   # the driver's mark on a trial a scheduler stopped early
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 EXPERIMENT_PREFIX = "tune-"

@@ -5,6 +5,7 @@ one progress line per trial. Imported by runner.run_study only when a run starts
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ray import tune
 
-from .layout import ERROR_FILE, MODEL_FILE, Layout
+from .layout import ERROR_FILE, MODEL_FILE, STOPPED_FILE, Layout
 from .results import ResultStore, error_reason
 
 
@@ -95,6 +96,12 @@ class StudyCallback(tune.Callback):
                                  "epoch_reports": len(self.epochs.get(tid, []))})
         self.recorded += 1
         self.summary.stopped += 1
+        try:
+            # So `raystudy collect` tells it from a trial cut off by Ctrl-C (neither has a final report).
+            Path(trial.path).mkdir(parents=True, exist_ok=True)
+            (Path(trial.path) / STOPPED_FILE).write_text(json.dumps({"stopped_at_epoch": epoch}))
+        except (OSError, TypeError):
+            pass
         self._progress(trial, f"stopped early after epoch {epoch}")
 
     def on_trial_error(self, iteration, trials, trial, **info):

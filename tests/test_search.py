@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from raystudy.cli import main
+pytest.importorskip("optuna", reason="tune.search needs the tune extra: pip install -e '.[tune]' (make install does)")
+
+from raystudy.cli import main  # noqa: E402
 from raystudy.layout import Layout
 from raystudy.results import TRIALS, ResultStore
 from raystudy.search import Codec, SearchRun, StudySearcher
@@ -205,6 +207,35 @@ def test_plan_and_validate_say_the_search_proposes_the_trials(tmp_path, capsys):
     assert "proposes up to 24 trials" in capsys.readouterr().out
 
 
+def _tune_trials(study):
+    from ray.tune.experiment import Trial
+    return [Trial("trainable", config={"trial": t.to_ray()}, stub=True) for t in study.trials]
+
+
+@pytest.mark.parametrize("name", ["asha", "median"])
+def test_schedulers_stop_the_worse_trial_but_never_after_its_last_epoch(name):
+    from ray.tune.schedulers import TrialScheduler
+    from raystudy.tuneopts import make_scheduler
+    opts = "reduction_factor: 2" if name == "asha" else "min_samples_required: 1"
+    sched = f"  scheduler: {{name: {name}, metric: val_accuracy, mode: max, grace_period: 1, {opts}}}\n"
+    s = study_of(doc("  train.optimizer.lr: {grid: [0.1, 0.01, 0.001]}", sched, epochs=2))
+    scheduler = make_scheduler(s)
+    good, bad, late = _tune_trials(s)
+    for t in (good, bad, late):
+        scheduler.on_trial_add(None, t)
+
+    def report(t, epoch, acc):
+        return scheduler.on_trial_result(None, t, {"epoch": epoch, "val_accuracy": acc, "training_iteration": epoch})
+
+    assert report(good, 1, 0.9) == TrialScheduler.CONTINUE
+    assert report(good, 2, 0.95) == TrialScheduler.CONTINUE
+    assert report(bad, 1, 0.1) == TrialScheduler.STOP            # below the others at epoch 1
+    assert report(late, 1, 0.92) == TrialScheduler.CONTINUE
+    assert report(late, 2, 0.05) == TrialScheduler.CONTINUE      # worse, but its training is done
+    # The final report (metrics, no epoch) is not the schedulers' business.
+    assert scheduler.on_trial_result(None, late, {"accuracy": 0.5, "training_iteration": 3}) == TrialScheduler.CONTINUE
+
+
 # ----------------------------------------------------------------------------- through Ray
 
 def _tables(out: Path) -> pd.DataFrame:
@@ -278,3 +309,9 @@ def test_asha_stops_the_hopeless_trial_and_it_is_never_re_run(ray_local, tmp_pat
     assert (_tables(res / "asha")["runs"] == 1).all()
     assert main(["status", str(res / "asha")]) == 0
     assert "1 completed, 1 stopped early, 0 failed" in capsys.readouterr().out
+    # The tables rebuilt from Tune's folders know it was stopped (not cut off by Ctrl-C).
+    (res / "asha" / TRIALS).unlink()
+    assert main(["collect", str(res / "asha")]) == 0
+    rebuilt = _tables(res / "asha").set_index("train.optimizer.lr")
+    assert rebuilt.loc[1e-9, "status"] == "stopped" and rebuilt.loc[1e-9, "stopped_at_epoch"] == 1
+    assert rebuilt.loc[0.01, "status"] == "completed"
