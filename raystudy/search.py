@@ -195,6 +195,9 @@ class StudySearcher(Searcher):
             ask = f"ask{self._n}"
             self._n += 1
             values = self.codec.decode(self.inner.suggest(ask))
+            if values is None:   # outside the space (a sampler option bent it): not a trial of ours
+                self._tell(ask, Outcome(error=True))
+                continue
             t = self.trial(values)
             status = (self.rows.get(t.trial_id) or {}).get("status")
             if status in DONE and not (status == "error" and self.retry_failed):
