@@ -33,7 +33,10 @@ def cmd_validate(args) -> int:
             _print_error(e)
             bad += 1
             continue
-        print(f"ok: {f}: study '{study.name}', {len(study.trials)} trials")
+        search = study.spec.tune.search
+        size = (f"tune.search of up to {search.num_samples} trials" if search is not None
+                else f"{len(study.trials)} trials")
+        print(f"ok: {f}: study '{study.name}', {size}")
     return EXIT_BAD_INPUT if bad else 0
 
 
@@ -41,7 +44,12 @@ def cmd_plan(args) -> int:
     study = _load(args, args.file)
     import pandas as pd
     rows = [{"trial_id": t.trial_id, **t.params} for t in study.trials]
-    print(f"study '{study.name}': {len(study.trials)} trials")
+    search = study.spec.tune.search
+    if search is not None:
+        print(f"study '{study.name}': tune.search ({search.name}/{search.sampler}) proposes up to "
+              f"{search.num_samples} trials while it runs; a random draw of the space (validated):")
+    else:
+        print(f"study '{study.name}': {len(study.trials)} trials")
     if args.params:
         from .models import build_model, count_parameters
         counts: dict[str, int] = {}
@@ -94,8 +102,14 @@ def cmd_run(args) -> int:
               f"(completed trials are skipped; unfinished ones continue from their last checkpoint)",
               file=sys.stderr)
         return 130
-    print(f"raystudy: {summary.completed}/{summary.total} trials completed, {summary.failed} failed "
+    stopped = f", {summary.stopped} stopped early" if summary.stopped else ""
+    print(f"raystudy: {summary.completed}/{summary.total} trials completed{stopped}, {summary.failed} failed "
           f"in {summary.wall_s:.1f}s; tables in {summary.out}")
+    if summary.best:
+        print(f"  best: {summary.best}")
+    if summary.experiment is not None:
+        # Ray's own tools read one Tune experiment, not the study folder that holds them all.
+        print(f"  Ray Tune experiment (ExperimentAnalysis, Tuner.restore, tensorboard --logdir): {summary.experiment}")
     for tid, reason in summary.failures:
         print(f"  failed {tid}: {reason}")
     if summary.failed:
@@ -119,13 +133,19 @@ def cmd_status(args) -> int:
     st = trials[trials["trial_id"].isin(ids)] if len(trials) else trials
     done = int((st["status"] == "completed").sum()) if len(st) else 0
     failed = int((st["status"] == "error").sum()) if len(st) else 0
-    print(f"study '{plan['name']}': {total} trials: {done} completed, {failed} failed, "
-          f"{total - done - failed} pending or running")
+    stopped = int((st["status"] == "stopped").sum()) if len(st) else 0
+    print(f"study '{plan['name']}': {total} trials: {done} completed, "
+          + (f"{stopped} stopped early, " if stopped else "")
+          + f"{failed} failed, {total - done - failed - stopped} pending or running")
     if failed:
         for _, r in st[st["status"] == "error"].iterrows():
             print(f"  failed {r['trial_id']}: {r['error']}")
     _print_unhealthy(st, plan)
     _print_versions(st)
+    exps = Layout(out).experiments()
+    if exps:
+        print(f"  Ray Tune experiments, newest first (for ExperimentAnalysis / Tuner.restore): "
+              + ", ".join(str(e) for e in exps))
     return 0
 
 

@@ -7,9 +7,10 @@
       outcomes.parquet                    per-example outcomes of each curve point (packed bits)
       transfer.parquet                    the matrix of the `after: transfer` step
       tune-<YYYYmmdd-HHMMSS>[-k]/         one Ray Tune experiment per `raystudy run`
-        <trial_id>/params.json, result.json, error.txt
+        <trial_id>/params.json, result.json, error.txt, stopped.json
         <trial_id>/checkpoint_<N>/model.pt   the final weights (the trial's last report)
         <trial_id>/checkpoint_<N>/state.pt   the full training state, every checkpoint_every epochs
+                                             (and beside model.pt; Tune keeps the newest only)
 
 Paths stored in the tables are relative to the results folder (`relative`), so a folder that
 is moved, copied or mounted elsewhere keeps its warm starts and transfer matrix; an absolute
@@ -43,6 +44,7 @@ TRANSFER = "transfer.parquet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
 ERROR_FILE = "error.txt"
+STOPPED_FILE = "stopped.json"   # the driver's mark on a trial a scheduler stopped early
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 EXPERIMENT_PREFIX = "tune-"
