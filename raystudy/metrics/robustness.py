@@ -120,7 +120,7 @@ def _budget_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: d
         else:
             adv = attack(run.model, o.attack, run.x, run.y, e, batch_size=run.batch_size, seed=o.seed, **hp)
             pred = run.predict(adv)
-        rows[e] = ((pred == run.y).float().mean().item(), (pred == clean).float().mean().item())
+        rows[e] = run.rates(f"robustness.{o.label}", e, pred, clean)
         if fooled is not None:
             fooled[e] = 0.0 if e == 0 else (retarget(run, o, hp, pred, clean, eps=e)[0] != clean).float().mean().item()
     return rows
@@ -138,9 +138,8 @@ def _minimal_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: 
     rows = {}
     for e in epss:
         within = size <= e
-        acc = ((clean == run.y) & ~(within & (pred != run.y))).float().mean().item()
-        con = (~(within & (pred != clean))).float().mean().item()
-        rows[e] = (acc, con)
+        rows[e] = run.record(f"robustness.{o.label}", e, (clean == run.y) & ~(within & (pred != run.y)),
+                             ~(within & (pred != clean)))
         if fooled is not None:
             fooled[e] = ((own_size <= e) & (own != clean)).float().mean().item()
     return rows
