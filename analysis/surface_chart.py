@@ -2,7 +2,9 @@
 
 Most curves have one coordinate (x); a surface's rows carry a second one as a column, e.g.
 `spatial_attack.surface` (x = rotation θ, column `eps`: accuracy after rotating by θ and
-attacking with L∞ PGD at ε). The chart averages seeds per cell and labels every cell.
+attacking with L∞ PGD at ε). A surface is stored as one curve per value of the second
+coordinate, named `<metric>@<value>` (so each cell keeps its per-example outcomes); the chart
+gathers the family `<metric>` and `<metric>@*`, averages seeds per cell and labels every cell.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ from .chart_base import Chart, ChartData, report_chart
 from .charts import FMT, HEIGHT, WIDTH, _nominal_or_ordinal, _title, curve_x_title, prep
 
 
+def in_family(names: pd.Series, metric: str) -> pd.Series:
+    """Which curve names belong to the surface `metric`: itself and `<metric>@<value>`."""
+    return (names == metric) | names.str.startswith(metric + "@")
+
+
 def surface_chart(curves: pd.DataFrame, metric: str, *, y: str = "eps", value: str = "accuracy",
                   column: str | None = None, title: str | None = None, scheme: str = "viridis") -> alt.Chart:
     """Mean of `value` over seeds on the grid (x, `y`) of a curve's rows, cells labelled, one
     panel per value of the config column `column`."""
-    rows = curves[curves["metric"] == metric]
+    rows = curves[in_family(curves["metric"], metric)]
     if rows.empty:
         raise ValueError(f"no curve rows with metric '{metric}'")
     agg = aggregate(rows, [c for c in (column,) if c] + ["x", y], value).dropna(subset=["mean"])
@@ -60,8 +67,20 @@ class SurfaceChart(Chart):
     def describe(self) -> str:
         return f"{self.metric} ({self.value} over x × {self.y})"
 
+    def family(self, data: ChartData) -> pd.DataFrame:
+        """Rows of every curve of the surface (`metric` and `metric@*`) the selected trials hold."""
+        known = data.tables.curves["metric"].dropna() if len(data.tables.curves) else pd.Series([], dtype=str)
+        frames = []
+        for m in sorted(set(known[in_family(known, self.metric)])):
+            try:
+                frames.append(data.curves(m, self.value))
+            except StudyError:
+                continue   # a curve only unselected trials hold
+        # None at all: ChartData's error names the known curves and the nearest one.
+        return pd.concat(frames, ignore_index=True) if frames else data.curves(self.metric, self.value)
+
     def build(self, data: ChartData) -> alt.TopLevelMixin:
-        curves = data.curves(self.metric, self.value)
+        curves = self.family(data)
         if self.y not in curves.columns or curves[self.y].isna().all():
             raise StudyError(f"curve '{self.metric}' has no second coordinate column '{self.y}'",
                              path=data.path("y"), expected="a column the curve rows hold besides x, "

@@ -17,7 +17,8 @@ the same transforms. An input already misclassified under some transform is not 
 again (its outcome is settled), which makes the grid cheap on models that are not robust.
 
 `surface` adds the joint (θ, ε) surface of the CuSP question: every input rotated by exactly
-θ, then attacked by L∞ PGD at ε (curve rows x = θ with the column `eps`).
+θ, then attacked by L∞ PGD at ε (a curve `spatial_attack.surface@<ε>` per ε, rows x = θ with
+the column `eps`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..augment import random_params, transform
 from ..registry import METRICS, Options
 from ..spec.types import Angle, Eps, Number
 from .base import Metric, MetricOptions, MetricResult, Run, predict
+from .robustness import eps_label
 
 Mode = Literal["grid", "worst_of_k", "random"]
 
@@ -121,8 +123,10 @@ class SpatialAttack(Metric):
     robustness", ICML 2019): scalars `spatial_attack.<mode>.accuracy` for the grid search,
     worst-of-k and a single random transform over rotations in ±30° and shifts in ±3 px; curve
     `spatial_attack.worst_of_k` (x = k' ≤ k: accuracy under the first k' draws). With
-    `surface`, curve `spatial_attack.surface`: x = θ (every input rotated by θ), column `eps`,
-    accuracy under L∞ PGD at ε after the rotation (the CuSP paper's joint question)."""
+    `surface`, one curve `spatial_attack.surface@<ε>` per ε: x = θ (every input rotated by θ),
+    column `eps`, accuracy under L∞ PGD at ε after the rotation (the CuSP paper's joint
+    question); the `surface` chart draws them together as a heatmap. Per-example outcomes: the
+    worst_of_k and surface curve points, and the grid and random scalars at x = 0."""
 
     x_title = "random transforms per input (k)"
 
@@ -134,22 +138,31 @@ class SpatialAttack(Metric):
             steps = len(angles)
             fail = first_failure(run.model, x, y, angles.to(x.device)[:, None].expand(-1, len(x)),
                                  shifts.to(x.device)[:, None, :].expand(-1, len(x), -1), bs)
-            res.scalars["spatial_attack.grid.accuracy"] = (fail == steps).float().mean().item()
+            res.scalars["spatial_attack.grid.accuracy"] = run.record("spatial_attack.grid", 0.0, fail == steps)[0]
             res.scalars["spatial_attack.grid.transforms"] = float(steps)
         k = o.k if "worst_of_k" in o.modes else 1
         if "worst_of_k" in o.modes or "random" in o.modes:
             angles, shifts = random_draws(o, len(x), k, x.device)
             fail = first_failure(run.model, x, y, angles, shifts, bs)
-            accs = [(fail >= j).float().mean().item() for j in range(1, k + 1)]
             if "random" in o.modes:
-                res.scalars["spatial_attack.random.accuracy"] = accs[0]
+                res.scalars["spatial_attack.random.accuracy"] = run.record("spatial_attack.random", 0.0, fail >= 1)[0]
             if "worst_of_k" in o.modes:
+                accs = [run.record("spatial_attack.worst_of_k", float(j), fail >= j)[0] for j in range(1, k + 1)]
                 res.scalars["spatial_attack.worst_of_k.accuracy"] = accs[-1]
                 res.curves += [{"metric": "spatial_attack.worst_of_k", "x": float(j), "accuracy": a}
                                for j, a in enumerate(accs, 1)]
         if o.surface is not None:
             res.curves += surface_rows(run, o)
         return res
+
+
+SURFACE = "spatial_attack.surface"
+
+
+def surface_metric(eps: float) -> str:
+    """The curve name of the surface's row at ε (x = θ): `spatial_attack.surface@<ε>`, one curve per
+    ε, so that each (θ, ε) cell is a curve point with its own per-example outcomes."""
+    return f"{SURFACE}@{eps_label(eps)}"
 
 
 def surface_rows(run: Run, o: SpatialAttackOptions) -> list[dict]:
@@ -161,9 +174,9 @@ def surface_rows(run: Run, o: SpatialAttackOptions) -> list[dict]:
         for e in sorted({float(v) for v in s.eps}):
             adv = xr if e == 0 else attack(run.model, "pgd", xr, run.y, e, batch_size=run.batch_size, seed=o.seed,
                                            steps=s.steps, alpha=s.alpha, random_start=s.random_start)
-            acc = (run.predict(adv) == run.y).float().mean().item()
+            acc = run.rates(surface_metric(e), float(theta), run.predict(adv))[0]
             alpha = pgd_step(e, s) if e > 0 else 0.0
-            rows.append({"metric": "spatial_attack.surface", "x": float(theta), "eps": e, "accuracy": acc,
+            rows.append({"metric": surface_metric(e), "x": float(theta), "eps": e, "accuracy": acc,
                          "alpha": float(alpha), "x_title": "rotation θ (degrees), then L∞ PGD at ε"})
     return rows
 
