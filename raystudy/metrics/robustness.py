@@ -29,6 +29,7 @@ from ..attacks import attack, attack_options, attack_parameters, get_attack, per
 from ..errors import StudyError
 from ..registry import ATTACKS, METRICS
 from ..spec.types import Number
+from ..stats import PROPORTIONS
 from .base import Metric, MetricOptions, MetricResult, Run
 
 
@@ -184,7 +185,7 @@ class Robustness(Metric):
     `not_fooled_auc`, `acc@<ε>`; PGD adds the note `alpha_rule`."""
 
     # Curve columns that are proportions of the subset (for Wilson intervals).
-    proportions = ("accuracy", "consistency", "fooling_rate", "not_fooled")
+    proportions = PROPORTIONS + ("not_fooled",)
 
     def compute(self, run: Run, o: RobustnessOptions) -> MetricResult:
         info = get_attack(o.attack)
