@@ -96,7 +96,8 @@ def test_autoattack_wrapper_runs_real_autoattack(trained, mnist_small):
 def test_named_scalars_and_two_attacks_in_one_study(trained, mnist_small):
     a = run(trained, mnist_small, attack="fgsm", eps=[0, "4/255"], n=50)
     b = run(trained, mnist_small, attack="pgd", eps=[0, 0.1], n=50, steps=2, name="pgd2", acc_at=[0.1])
-    assert set(a.scalars) == {"robustness.fgsm.auc", "robustness.fgsm.consistency_auc", "robustness.fgsm.acc@8/255"}
+    assert set(a.scalars) == {"robustness.fgsm.auc", "robustness.fgsm.consistency_auc", "robustness.fgsm.not_fooled_auc",
+                              "robustness.fgsm.acc@8/255"}
     # acc_at's ε (default 8/255) joins the curve and its scalar reads that row.
     assert a.scalars["robustness.fgsm.acc@8/255"] == curve(a)[8 / 255]["accuracy"]
     assert sorted(curve(a)) == [0.0, 4 / 255, 8 / 255]
