@@ -83,6 +83,23 @@ class StageSpec(Strict):
     schedule: dict[str, Any] | None = None
 
 
+class SelectSpec(Strict):
+    """`train.select`: keep the weights of the epoch where a validation scalar was best and
+    evaluate those (early stopping on robust validation accuracy, Rice et al. 2020,
+    "Overfitting in adversarially robust deep learning"). `by` is `val_accuracy`, `val_loss`
+    (logged every epoch) or a `val.`-prefixed scalar of an `every_epochs` metric."""
+
+    by: str = Field(min_length=1)
+    mode: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _loss_is_minimized(self):
+        # The default `max` would silently keep the worst epoch of a loss.
+        if self.by.endswith("loss") and "mode" not in self.model_fields_set:
+            raise ValueError(f"'{self.by}' is a loss: say which epoch is best with mode: min (or max)")
+        return self
+
+
 class TrainSpec(Strict):
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1)
@@ -103,6 +120,8 @@ class TrainSpec(Strict):
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    # Best-epoch selection (SelectSpec); the final weights (model.pt) are the selected ones.
+    select: SelectSpec | None = new_field(None)
 
     @field_validator("optimizer", "schedule", "method")
     @classmethod

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from ..errors import StudyError, StudyErrors, pydantic_errors, raise_all
 from ..registry import DATASETS, METHODS, METRICS, MODELS, OPTIMIZERS, SCHEDULES, Registry
 from .schema import AugmentSpec, InitFrom, TrialConfig, TrainSpec
+from .selection import check_during_training
 
 INIT_FROM = "train.init_from"
 
@@ -196,10 +197,14 @@ def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
     init_from = attempt(parse_init_from, cfg.train.init_from) if cfg.train.init_from is not None else None
     metrics: list[Named] = []
     items = attempt(metric_items, cfg.evaluate, file) or []
+    paths: list[str] = []
     for name, opts, path in items:
         n = attempt(_named, METRICS, {"name": name, **opts}, path, "name", file)
         if n is not None:
             metrics.append(n)
+            paths.append(path)
+    if not errors:
+        errors.extend(check_during_training(cfg, list(zip(metrics, paths))))
     # Entry errors are located relative to the trial; add the file.
     raise_all([e if e.file else e.located(file=file) for e in errors])
     return ParsedTrial(cfg=cfg, model=model, stages=stages, metrics=metrics, init_from=init_from)

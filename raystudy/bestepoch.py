@@ -1,0 +1,71 @@
+"""Best-epoch selection (`train.select`): keep the weights of the epoch whose validation
+scalar was best, and evaluate those instead of the last epoch's.
+
+Rice, Wong and Kolter ("Overfitting in adversarially robust deep learning", ICML 2020) show
+that adversarial training overfits robustly: robust test accuracy peaks soon after the first
+learning-rate decay and then falls while training goes on, and that early stopping on a
+held-out robust accuracy recovers the peak. The selection reads only validation numbers
+(`val_accuracy`, `val_loss`, `val.<scalar>` of `every_epochs` metrics: spec.selection), never
+the test split the final metrics report.
+
+The best weights live on the trial's device and ride in every training checkpoint
+(`state["select"]`), so a worker that dies after the best epoch resumes with them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class BestEpoch:
+    """Tracks `select.by` over the epochs of one fit; `wrap` hooks it into fit's callback."""
+
+    def __init__(self, select, model: nn.Module, resume: dict | None = None):
+        self.by, self.mode = select.by, select.mode
+        self.model = model
+        saved = (resume or {}).get("select") or {}
+        self.epoch: int | None = saved.get("epoch")
+        self.value: float | None = saved.get("value")
+        device = next(iter(model.state_dict().values())).device
+        self.weights: dict | None = ({k: v.to(device) for k, v in saved["model"].items()}
+                                     if saved.get("model") is not None else None)
+
+    def better(self, v: float) -> bool:
+        """Whether `v` beats the best so far; a tie goes to the later epoch (more training)."""
+        if self.value is None:
+            return True
+        return v >= self.value if self.mode == "max" else v <= self.value
+
+    def observe(self, metrics: dict) -> None:
+        v = metrics.get(self.by)
+        if v is None or not math.isfinite(float(v)) or not self.better(float(v)):
+            return
+        self.epoch, self.value = int(metrics["epoch"]), float(v)
+        self.weights = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
+
+    def state(self) -> dict:
+        """What a training checkpoint keeps of the selection."""
+        return {"epoch": self.epoch, "value": self.value, "model": self.weights}
+
+    def wrap(self, on_epoch: Callable) -> Callable:
+        """fit's epoch callback: observe the epoch's row (after the metrics taken during
+        training have joined it), then report, with the selection inside the checkpoint."""
+        def hooked(metrics: dict, get_state: Callable[[], dict]) -> None:
+            self.observe(metrics)
+            on_epoch(metrics, lambda: {**get_state(), "select": self.state()})
+        return hooked
+
+    def load_best(self) -> dict:
+        """Put the selected weights into the model; returns the record for trials.parquet.
+        No finite value ever logged (an empty validation split): the last weights stay and
+        `selected_epoch` is None."""
+        if self.weights is None:
+            print(f"raystudy: train.select.by '{self.by}' was never logged with a finite value; "
+                  "evaluating the last epoch's weights", flush=True)
+        else:
+            self.model.load_state_dict(self.weights)
+        return {"selected_epoch": self.epoch, "selected_value": self.value, "selected_by": self.by}
