@@ -16,7 +16,7 @@ install: $(STAMP)
 # with the versions pyproject.toml installs (see docs/INSTALL notes in README).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,tune,tracking]"
 	$(BIN)/pip install -q --no-deps escnn==1.0.11 torchattacks==3.5.1 pyhessian==0.1
 	@touch $(STAMP)
 

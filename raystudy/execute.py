@@ -17,8 +17,10 @@ import torch
 from .bestepoch import BestEpoch
 from .metrics.base import EvalContext
 from .models import build_model, count_parameters
+from .provenance import environment
 from .spec.selection import VAL_PREFIX, val_options
 from .spec.validate import validate_trial
+from .stats import encode
 from .train import fit
 
 
@@ -57,8 +59,10 @@ def json_safe(v: Any) -> Any:
     return v
 
 
-def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> tuple[dict, list, dict]:
-    """Run every declared metric; returns (scalars, curve rows, seconds per metric)."""
+def evaluate(parsed, model, data, device, *, artifacts: Path | None = None,
+             outcomes: list | None = None) -> tuple[dict, list, dict]:
+    """Run every declared metric; returns (scalars, curve rows, seconds per metric) and, given a
+    list `outcomes`, appends the metrics' per-example outcomes to it."""
     ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
                       batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed)
     scalars: dict[str, Any] = {}
@@ -71,7 +75,18 @@ def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> t
         timings[key] = timings.get(key, 0.0) + res.seconds
         scalars.update(res.scalars)
         curves.extend(res.curves)
+        if outcomes is not None:
+            outcomes.extend(res.outcomes)
     return scalars, curves, timings
+
+
+def outcome_record(o: dict) -> dict:
+    """One metric outcome in the JSON the final result carries: the boolean vectors packed
+    (np.packbits) and base64-encoded, with their length n (raystudy.stats)."""
+    con = o.get("consistent")
+    return {"metric": o["metric"], "x": float(o["x"]), "n": len(o["correct"]), "examples": o["examples"],
+            "correct": encode(o["correct"].cpu().numpy()),
+            "consistent": None if con is None else encode(con.cpu().numpy())}
 
 
 def due_every(options, epoch: int, last: int) -> bool:
@@ -163,7 +178,8 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     train_s = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     model.eval()
-    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts)
+    outcomes: list[dict] = []
+    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts, outcomes=outcomes)
     curves = epoch_curves + curves
     eval_s = time.perf_counter() - t_eval
     final = {k: json_safe(v) for k, v in scalars.items()}
@@ -180,8 +196,11 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
         "wall_time_s": time.perf_counter() - t_start,
         "device": str(device),
         "data_source": bundle.source,
+        # Where it ran: package versions, host, device, the seed torch got (provenance).
+        **environment(device, cfg.seed),
         # Curves travel with the final result so they reach the driver on any cluster.
         "_curves": json.dumps([{k: json_safe(v) for k, v in r.items()} for r in curves]),
+        "_outcomes": json.dumps([outcome_record(o) for o in outcomes]),
     })
     reporter.final(final)
     return final
