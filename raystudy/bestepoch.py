@@ -30,6 +30,9 @@ class BestEpoch:
         saved = (resume or {}).get("select") or {}
         self.epoch: int | None = saved.get("epoch")
         self.value: float | None = saved.get("value")
+        # The value at the last epoch that logged it (the final epoch: execute.due_every), so
+        # a robust-overfitting check reads best minus last without the epoch log.
+        self.last: float | None = saved.get("last")
         device = next(iter(model.state_dict().values())).device
         self.weights: dict | None = ({k: v.to(device) for k, v in saved["model"].items()}
                                      if saved.get("model") is not None else None)
@@ -42,14 +45,17 @@ class BestEpoch:
 
     def observe(self, metrics: dict) -> None:
         v = metrics.get(self.by)
-        if v is None or not math.isfinite(float(v)) or not self.better(float(v)):
+        if v is None or not math.isfinite(float(v)):
+            return
+        self.last = float(v)
+        if not self.better(self.last):
             return
         self.epoch, self.value = int(metrics["epoch"]), float(v)
         self.weights = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
 
     def state(self) -> dict:
         """What a training checkpoint keeps of the selection."""
-        return {"epoch": self.epoch, "value": self.value, "model": self.weights}
+        return {"epoch": self.epoch, "value": self.value, "last": self.last, "model": self.weights}
 
     def wrap(self, on_epoch: Callable) -> Callable:
         """fit's epoch callback: observe the epoch's row (after the metrics taken during
@@ -60,12 +66,14 @@ class BestEpoch:
         return hooked
 
     def load_best(self) -> dict:
-        """Put the selected weights into the model; returns the record for trials.parquet.
-        No finite value ever logged (an empty validation split): the last weights stay and
-        `selected_epoch` is None."""
+        """Put the selected weights into the model; returns the record for trials.parquet:
+        `selected_epoch` (1-based, compare with `epochs_run`), `selected_value` (`by` there),
+        `selected_last_value` (`by` at the last epoch), `selected_by`. No finite value ever
+        logged (an empty validation split): the last weights stay and `selected_epoch` is None."""
         if self.weights is None:
             print(f"raystudy: train.select.by '{self.by}' was never logged with a finite value; "
                   "evaluating the last epoch's weights", flush=True)
         else:
             self.model.load_state_dict(self.weights)
-        return {"selected_epoch": self.epoch, "selected_value": self.value, "selected_by": self.by}
+        return {"selected_epoch": self.epoch, "selected_value": self.value, "selected_by": self.by,
+                "selected_last_value": self.last}

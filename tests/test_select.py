@@ -1,0 +1,173 @@
+"""Robust validation during training (`every_epochs`) and best-epoch selection (`train.select`).
+
+Rice, Wong and Kolter (ICML 2020) pick the checkpoint with the best held-out robust accuracy
+because adversarial training overfits robustly. The tests here assert that the weights
+evaluated at the end are exactly the selected epoch's, that the selection reads only the
+validation split, and that a mistaken selection is refused before any training starts.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raystudy.data import load
+from raystudy.errors import StudyError
+from raystudy.execute import run_trial
+from raystudy.metrics.base import Metric, MetricOptions, MetricResult
+from raystudy.registry import METRICS
+from raystudy.spec.schema import DataSpec
+from raystudy.spec.validate import validate_trial
+from raystudy.train import quick_accuracy
+
+DATA = {"dataset": "synthetic", "train_size": 96, "test_size": 48, "val_fraction": 0.25}
+PEAK = 3
+
+
+class Recorder:
+    """execute.Reporter that keeps a copy of the weights after every epoch."""
+
+    def __init__(self):
+        self.epochs: list[dict] = []
+        self.weights: dict[int, dict] = {}
+
+    def epoch(self, metrics, get_state):
+        self.epochs.append(dict(metrics))
+        self.weights[metrics["epoch"]] = {k: v.clone() for k, v in get_state()["model"].items()}
+
+    def final(self, metrics):
+        pass
+
+    def restore(self):
+        return None
+
+
+class Probe(Metric):
+    """A validation number engineered to peak at epoch PEAK: -(call - PEAK)^2 over the calls
+    made on the validation split (one per epoch with every_epochs: 1)."""
+
+    def __init__(self):
+        self.splits: list[str] = []
+
+    def compute(self, run, o):
+        self.splits.append(run.split)
+        k = self.splits.count("val")
+        return MetricResult({"probe": float(-(k - PEAK) ** 2) if run.split == "val" else 0.0})
+
+
+@pytest.fixture
+def probe():
+    p = Probe()
+    METRICS.register("probe", MetricOptions)(p)
+    try:
+        yield p
+    finally:
+        # Registered for this test only: the contract tests walk every registered metric.
+        METRICS._entries.pop("probe")
+
+
+def config(train: dict, evaluate: list, data: dict | None = None) -> dict:
+    return {"seed": 0, "device": "cpu", "data": data or DATA,
+            "model": {"arch": "stdcnn_mnist", "channels": [4, 4, 8, 8], "hidden": 16},
+            "train": {"batch_size": 32, **train}, "evaluate": evaluate}
+
+
+def run(cfg: dict):
+    rep, models = Recorder(), []
+    final = run_trial({"trial_id": "t", "params": {}, "config": cfg}, load(DataSpec(**cfg["data"])), rep,
+                      on_model=models.append)
+    return final, rep, models[0]
+
+
+def test_the_evaluated_weights_are_exactly_the_peak_epochs(probe):
+    cfg = config({"epochs": 5, "optimizer": {"name": "adam", "lr": 0.003}, "select": {"by": "val.probe"}},
+                 ["accuracy", {"probe": {"every_epochs": 1}}])
+    final, rep, model = run(cfg)
+    assert [e["val.probe"] for e in rep.epochs] == [-4.0, -1.0, 0.0, -1.0, -4.0]
+    assert probe.splits == ["val"] * 5 + ["test"]   # selection never looked at the test split
+    assert (final["selected_epoch"], final["selected_value"], final["selected_last_value"]) == (PEAK, 0.0, -4.0)
+    assert final["selected_by"] == "val.probe" and final["epochs_run"] == 5
+    # Training went on after the peak, and the evaluated model holds the peak's weights.
+    assert any(not torch.equal(rep.weights[PEAK][k], v) for k, v in rep.weights[5].items())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, rep.weights[PEAK][k]), k
+    data = load(DataSpec(**DATA)).to("cpu")
+    assert final["accuracy"] == pytest.approx(quick_accuracy(model.eval(), data.x_test, data.y_test), abs=1e-9)
+
+
+def test_select_by_val_loss_keeps_the_epoch_before_training_breaks():
+    # Two good epochs, then Adam at lr 0.5 wrecks the model (finite, but far from any minimum).
+    stages = [{"epochs": 2, "optimizer": {"name": "adam", "lr": 0.003}},
+              {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.5}}]
+    final, rep, model = run(config({"stages": stages, "select": {"by": "val_loss", "mode": "min"}}, ["accuracy"]))
+    losses = [e["val_loss"] for e in rep.epochs]
+    best = min(range(5), key=lambda i: (losses[i], -i)) + 1
+    assert final["selected_epoch"] == best <= 2, losses
+    assert final["selected_value"] == losses[best - 1] and final["selected_last_value"] == losses[-1]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, rep.weights[best][k]), k
+
+
+def test_without_select_the_last_weights_are_evaluated_and_nothing_is_recorded():
+    final, rep, model = run(config({"epochs": 2, "optimizer": {"name": "adam", "lr": 0.003}}, ["accuracy"]))
+    assert "selected_epoch" not in final
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, rep.weights[2][k]), k
+
+
+# ------------------------------------------------------------------------- errors before Ray
+
+PGD = {"robustness": {"attack": "pgd", "eps": [0, 0.1], "steps": 2, "n": 16}}
+
+
+def refused(cfg: dict) -> str:
+    with pytest.raises(StudyError) as e:
+        validate_trial(cfg, file="s.yaml")
+    return str(e.value)
+
+
+def test_select_by_a_metric_only_taken_after_training_is_refused():
+    msg = refused(config({"epochs": 1, "select": {"by": "val.robustness.pgd.auc"}}, [PGD]))
+    assert "train.select.by" in msg and "s.yaml" in msg
+    assert "evaluate.0.robustness" in msg and "every_epochs" in msg
+
+
+def test_select_by_a_test_split_number_points_to_the_validation_one():
+    msg = refused(config({"epochs": 1, "select": {"by": "robustness.pgd.auc"}}, [PGD]))
+    assert "train.select.by" in msg and "'val.robustness.pgd.auc'" in msg
+
+
+def test_select_by_a_typo_gets_did_you_mean():
+    msg = refused(config({"epochs": 1, "select": {"by": "val_acuracy"}}, ["accuracy"]))
+    assert "train.select.by" in msg and "did you mean 'val_accuracy'" in msg
+    timed = {"robustness": {**PGD["robustness"], "every_epochs": 2}}
+    msg = refused(config({"epochs": 1, "select": {"by": "val.robustnes.pgd.auc"}}, [timed]))
+    assert "did you mean 'val.robustness" in msg
+
+
+def test_validation_during_training_needs_a_validation_split():
+    no_val = {**DATA, "val_fraction": 0.0}
+    msg = refused(config({"epochs": 1}, [{"accuracy": {"every_epochs": 1}}], data=no_val))
+    assert "data.val_fraction" in msg and "evaluate.0.accuracy.every_epochs" in msg
+    msg = refused(config({"epochs": 1, "select": {"by": "val_accuracy"}}, ["accuracy"], data=no_val))
+    assert "data.val_fraction" in msg and "train.select.by" in msg
+
+
+def test_a_loss_needs_an_explicit_mode():
+    msg = refused(config({"epochs": 1, "select": {"by": "val_loss"}}, ["accuracy"]))
+    assert "train.select" in msg and "mode: min" in msg
+    refused(config({"epochs": 1, "select": {"by": "val_accuracy", "mode": "best"}}, ["accuracy"]))
+
+
+def test_valid_selections_pass():
+    timed = {"robustness": {**PGD["robustness"], "every_epochs": 2}}
+    for by in ("val_accuracy", "val.robustness.pgd.auc"):
+        validate_trial(config({"epochs": 1, "select": {"by": by}}, [timed]))
+
+
+def test_select_enters_the_trial_id_only_when_set():
+    from raystudy.spec.schema import TrainSpec
+    plain = TrainSpec(epochs=1).model_dump()
+    assert "select" not in plain
+    chosen = TrainSpec(epochs=1, select={"by": "val_accuracy"}).model_dump()
+    assert chosen["select"] == {"by": "val_accuracy", "mode": "max"}
