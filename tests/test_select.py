@@ -171,3 +171,61 @@ def test_select_enters_the_trial_id_only_when_set():
     assert "select" not in plain
     chosen = TrainSpec(epochs=1, select={"by": "val_accuracy"}).model_dump()
     assert chosen["select"] == {"by": "val_accuracy", "mode": "max"}
+
+
+# ----------------------------------------------------------------- worker restart (real Ray)
+
+RESTART_STUDY = """
+name: selkill
+data: {dataset: synthetic, train_size: 96, test_size: 48, val_fraction: 0.25}
+model: {arch: stdcnn_mnist, channels: [4, 4, 8, 8], hidden: 16}
+train:
+  batch_size: 32
+  stages:
+    - {epochs: 2, optimizer: {name: adam, lr: 0.003}}
+    - {epochs: 2, optimizer: {name: adam, lr: 0.5}}
+  select: {by: val_loss, mode: min}
+space:
+  seed: {grid: [0]}
+evaluate: [accuracy]
+resources: {cpu: 1}
+tune: {retries: 1}
+"""
+
+
+@pytest.mark.slow   # real Ray trials
+def test_a_worker_restart_after_the_best_epoch_keeps_its_weights(ray_local, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from raystudy.results import EPOCHS, TRIALS
+    from raystudy.runner import run_study
+    from raystudy.spec import load_study
+    f = tmp_path / "selkill.yaml"
+    f.write_text(RESTART_STUDY)
+    monkeypatch.setenv("RAYSTUDY_FAULT", "kill@3")   # SIGKILL after epoch 3, before reporting it
+    study = load_study(f)
+    s = run_study(study, tmp_path / "res", dashboard=False, verbose=False)
+    assert (s.completed, s.failed) == (1, 0)
+    row = pd.read_parquet(s.out / TRIALS).set_index("trial_id").loc[study.trials[0].trial_id]
+    epochs = pd.read_parquet(s.out / EPOCHS)
+    # The second worker started from the epoch-2 checkpoint, so the best epoch (1 or 2, before
+    # the lr jump) was only ever seen by the worker that died: it came back with the checkpoint.
+    assert row["resumed_from_epoch"] == 2 and row["epochs_run"] == 4
+    losses = epochs.sort_values("epoch")["val_loss"].tolist()
+    best = min(range(4), key=lambda i: (losses[i], -i)) + 1
+    assert row["selected_epoch"] == best <= 2, losses
+    assert row["selected_value"] == pytest.approx(losses[best - 1])
+    assert row["selected_last_value"] == pytest.approx(losses[-1]) and row["selected_by"] == "val_loss"
+    # The saved final weights (model.pt, what a warm start loads) are the uninterrupted run's
+    # selected ones, bit for bit.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)   # as in the trial's worker (resources.cpu = 1)
+    try:
+        ref, rep, model = run(study.trials[0].to_ray()["config"])
+    finally:
+        torch.set_num_threads(n)
+    assert ref["selected_epoch"] == best
+    saved = torch.load(s.out / row["checkpoint"] / "model.pt", weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    assert row["accuracy"] == pytest.approx(ref["accuracy"])
