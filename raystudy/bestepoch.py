@@ -8,6 +8,10 @@ held-out robust accuracy recovers the peak. The selection reads only validation 
 (`val_accuracy`, `val_loss`, `val.<scalar>` of `every_epochs` metrics: spec.selection), never
 the test split the final metrics report.
 
+A staged run (`a -> b`, train.stages) selects among its last stage's epochs only: the row is
+b's training, and an earlier stage's weights would silently stand in for it. Validation
+metrics are still logged during every stage.
+
 The best weights live on the trial's device and ride in every training checkpoint
 (`state["select"]`), so a worker that dies after the best epoch resumes with them.
 """
@@ -24,9 +28,10 @@ from torch import nn
 class BestEpoch:
     """Tracks `select.by` over the epochs of one fit; `wrap` hooks it into fit's callback."""
 
-    def __init__(self, select, model: nn.Module, resume: dict | None = None):
+    def __init__(self, select, model: nn.Module, resume: dict | None = None, first_epoch: int = 1):
         self.by, self.mode = select.by, select.mode
         self.model = model
+        self.first_epoch = first_epoch   # 1-based: the last stage's first epoch
         saved = (resume or {}).get("select") or {}
         self.epoch: int | None = saved.get("epoch")
         self.value: float | None = saved.get("value")
@@ -43,9 +48,16 @@ class BestEpoch:
             return True
         return v >= self.value if self.mode == "max" else v <= self.value
 
+    @classmethod
+    def for_trial(cls, parsed, model: nn.Module, resume: dict | None) -> "BestEpoch | None":
+        select = parsed.cfg.train.select
+        if select is None:
+            return None
+        return cls(select, model, resume, first_epoch=sum(s.epochs for s in parsed.stages[:-1]) + 1)
+
     def observe(self, metrics: dict) -> None:
         v = metrics.get(self.by)
-        if v is None or not math.isfinite(float(v)):
+        if metrics["epoch"] < self.first_epoch or v is None or not math.isfinite(float(v)):
             return
         self.last = float(v)
         if not self.better(self.last):

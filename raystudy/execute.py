@@ -169,7 +169,7 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
         on_model(model)
     resume = reporter.restore()
     t_train = time.perf_counter()
-    best = BestEpoch(cfg.train.select, model, resume) if cfg.train.select is not None else None
+    best = BestEpoch.for_trial(parsed, model, resume)
     report = best.wrap(reporter.epoch) if best is not None else reporter.epoch
     on_epoch, epoch_curves = at_epochs_hook(parsed, model, data, device, report, artifacts=artifacts)
     fs = fit(parsed, model, data, device, on_epoch=on_epoch, resume=resume)

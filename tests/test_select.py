@@ -96,16 +96,31 @@ def test_the_evaluated_weights_are_exactly_the_peak_epochs(probe):
 
 
 def test_select_by_val_loss_keeps_the_epoch_before_training_breaks():
-    # Two good epochs, then Adam at lr 0.5 wrecks the model (finite, but far from any minimum).
-    stages = [{"epochs": 2, "optimizer": {"name": "adam", "lr": 0.003}},
-              {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.5}}]
-    final, rep, model = run(config({"stages": stages, "select": {"by": "val_loss", "mode": "min"}}, ["accuracy"]))
+    # Two good epochs, then the lr jumps x200 to Adam at 0.6 and wrecks the model (finite, but
+    # far from any minimum).
+    train = {"epochs": 5, "optimizer": {"name": "adam", "lr": 0.003},
+             "schedule": {"name": "multistep", "milestones": [2], "gamma": 200.0},
+             "select": {"by": "val_loss", "mode": "min"}}
+    final, rep, model = run(config(train, ["accuracy"]))
     losses = [e["val_loss"] for e in rep.epochs]
     best = min(range(5), key=lambda i: (losses[i], -i)) + 1
     assert final["selected_epoch"] == best <= 2, losses
     assert final["selected_value"] == losses[best - 1] and final["selected_last_value"] == losses[-1]
     for k, v in model.state_dict().items():
         assert torch.equal(v, rep.weights[best][k]), k
+
+
+def test_a_staged_run_selects_among_its_last_stages_epochs(probe):
+    # The probe peaks at epoch 3, in the first stage; the row is the second stage's training,
+    # so its best epoch is 4.
+    stages = [{"epochs": 3, "optimizer": {"name": "adam", "lr": 0.003}},
+              {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.001}}]
+    final, rep, model = run(config({"stages": stages, "select": {"by": "val.probe"}},
+                                   [{"probe": {"every_epochs": 1}}]))
+    assert [e["val.probe"] for e in rep.epochs] == [-4.0, -1.0, 0.0, -1.0, -4.0]
+    assert (final["selected_epoch"], final["selected_value"]) == (4, -1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, rep.weights[4][k]), k
 
 
 def test_without_select_the_last_weights_are_evaluated_and_nothing_is_recorded():
@@ -181,9 +196,9 @@ data: {dataset: synthetic, train_size: 96, test_size: 48, val_fraction: 0.25}
 model: {arch: stdcnn_mnist, channels: [4, 4, 8, 8], hidden: 16}
 train:
   batch_size: 32
-  stages:
-    - {epochs: 2, optimizer: {name: adam, lr: 0.003}}
-    - {epochs: 2, optimizer: {name: adam, lr: 0.5}}
+  epochs: 4
+  optimizer: {name: adam, lr: 0.003}
+  schedule: {name: multistep, milestones: [2], gamma: 200.0}
   select: {by: val_loss, mode: min}
 space:
   seed: {grid: [0]}
