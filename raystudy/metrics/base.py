@@ -83,7 +83,8 @@ class MetricOptions(Options):
     n: int | None = Field(1000, ge=1, description="images of the split, a seeded subset (null: all)")
     seed: int = Field(0, description="seed of the subset (and of the metric's own draws where it says so)")
     batch_size: int | None = Field(None, ge=1, description="images per pass (default: train.eval_batch_size)")
-    every_epochs: int | None = Field(None, ge=1, description="also take it after every k-th training epoch "
+    every_epochs: int | None = Field(None, ge=1, description="also take it on the validation split after every "
+                                                             "k-th training epoch and the last, as val.<scalar> "
                                                              "(null: only after training)")
 
 
