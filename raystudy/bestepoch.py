@@ -28,10 +28,12 @@ from torch import nn
 class BestEpoch:
     """Tracks `select.by` over the epochs of one fit; `wrap` hooks it into fit's callback."""
 
-    def __init__(self, select, model: nn.Module, resume: dict | None = None, first_epoch: int = 1):
+    def __init__(self, select, model: nn.Module, resume: dict | None = None, first_epoch: int = 1,
+                 last_epoch: int | None = None):
         self.by, self.mode = select.by, select.mode
         self.model = model
-        self.first_epoch = first_epoch   # 1-based: the last stage's first epoch
+        # 1-based: the last stage's first epoch, and the fit's last epoch.
+        self.first_epoch, self.last_epoch = first_epoch, last_epoch
         saved = (resume or {}).get("select") or {}
         self.epoch: int | None = saved.get("epoch")
         self.value: float | None = saved.get("value")
@@ -53,10 +55,18 @@ class BestEpoch:
         select = parsed.cfg.train.select
         if select is None:
             return None
-        return cls(select, model, resume, first_epoch=sum(s.epochs for s in parsed.stages[:-1]) + 1)
+        epochs = [s.epochs for s in parsed.stages]
+        return cls(select, model, resume, first_epoch=sum(epochs[:-1]) + 1, last_epoch=sum(epochs))
 
     def observe(self, metrics: dict) -> None:
         v = metrics.get(self.by)
+        if v is None and metrics["epoch"] == self.last_epoch:
+            # Every every_epochs metric runs after the last epoch (execute.due_every): a name
+            # still missing is a typo the spec could not catch (a metric that does not declare
+            # its outputs); failing here beats silently evaluating the last weights.
+            logged = sorted(k for k in metrics if k.startswith("val"))
+            raise ValueError(f"train.select.by '{self.by}' was never logged during training "
+                             f"(logged: {', '.join(logged)}); fix the name or the validation split")
         if metrics["epoch"] < self.first_epoch or v is None or not math.isfinite(float(v)):
             return
         self.last = float(v)

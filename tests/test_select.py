@@ -130,6 +130,14 @@ def test_without_select_the_last_weights_are_evaluated_and_nothing_is_recorded()
         assert torch.equal(v, rep.weights[2][k]), k
 
 
+def test_a_selection_name_no_metric_logs_fails_the_trial_at_its_last_epoch(probe):
+    # `probe` declares no outputs, so the spec accepts any val.probe.* name; the worker refuses
+    # it once every metric has run (after the last epoch) instead of evaluating the last weights.
+    cfg = config({"epochs": 2, "select": {"by": "val.probe.typo"}}, [{"probe": {"every_epochs": 1}}])
+    with pytest.raises(ValueError, match=r"train.select.by 'val.probe.typo' was never logged .*val.probe"):
+        run(cfg)
+
+
 # ------------------------------------------------------------------------- errors before Ray
 
 PGD = {"robustness": {"attack": "pgd", "eps": [0, 0.1], "steps": 2, "n": 16}}
