@@ -168,6 +168,12 @@ def test_select_by_a_typo_gets_did_you_mean():
     assert "did you mean 'val.robustness" in msg
 
 
+def test_select_by_accuracy_points_to_val_accuracy():
+    for by in ("accuracy", "val.accuracy"):
+        msg = refused(config({"epochs": 1, "select": {"by": by}}, ["accuracy"]))
+        assert "train.select.by" in msg and "did you mean 'val_accuracy'" in msg
+
+
 def test_validation_during_training_needs_a_validation_split():
     no_val = {**DATA, "val_fraction": 0.0}
     msg = refused(config({"epochs": 1}, [{"accuracy": {"every_epochs": 1}}], data=no_val))

@@ -65,6 +65,10 @@ def _select_errors(cfg, metrics: list[tuple[Any, str]]) -> list[StudyError]:
     timed = [m for m, _ in metrics if m.options.every_epochs]
     if by in EVERY_EPOCH or any(_offers(m, by) for m in timed):
         return []
+    if by in ("accuracy", "accuracy.val", "val.accuracy"):
+        return [StudyError(f"'{by}' is not a validation number logged during training", path=SELECT_BY,
+                           expected="val_accuracy (the whole validation split, every epoch)",
+                           hint="did you mean 'val_accuracy'?")]
     for m, path in metrics:
         if not m.options.every_epochs and (_offers(m, by) or _offers(m, VAL_PREFIX + by)):
             return [StudyError(f"'{by}' is not logged during training: {path} runs only after training",
