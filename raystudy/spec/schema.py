@@ -155,6 +155,9 @@ class TuneSpec(Strict):
     retries: int = Field(0, ge=0)
     # Seed for sampling random space entries, so a re-run proposes the same trials.
     seed: int = 0
+    # Run the next trial in the same worker process (raystudy.isolation resets what a trial
+    # could leave behind); false starts a fresh process per trial (about 2 s more each).
+    reuse_workers: bool = True
 
 
 def _device(v: str) -> str:
