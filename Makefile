@@ -32,7 +32,9 @@ test-all: $(STAMP)
 smoke: $(STAMP)
 	for f in studies/*.yaml; do $(BIN)/raystudy run $$f --smoke --results results/smoke || exit 1; done
 
+# Foolbox is a benchmark-only reference: the `bench` extra installs it.
 bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -63,28 +63,35 @@ def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> t
     curves: list[dict] = []
     timings: dict[str, float] = {}
     for m in parsed.metrics:
-        t0 = time.perf_counter()
         res = m.obj(ctx, m.options)
         # A metric may be declared twice (fgsm and pgd robustness): add up its time.
         key = f"time.{m.name}_s"
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        timings[key] = timings.get(key, 0.0) + res.seconds
         scalars.update(res.scalars)
         curves.extend(res.curves)
     return scalars, curves, timings
 
 
+def due(options, epoch: int) -> bool:
+    """Whether a metric is also taken after this (1-based) training epoch: listed in its
+    `at_epochs` (hessian), or a multiple of its `every_epochs` (every metric)."""
+    every = getattr(options, "every_epochs", None)
+    return epoch in (getattr(options, "at_epochs", None) or ()) or bool(every and epoch % every == 0)
+
+
 def at_epochs_hook(parsed, model, data, device, on_epoch: Callable, *,
                    artifacts: Path | None = None) -> tuple[Callable, list[dict]]:
-    """Wrap fit's epoch callback so metrics with an `at_epochs: [..]` option (e.g. hessian)
-    are also taken after those epochs, as Yao et al. track the spectrum during training.
+    """Wrap fit's epoch callback so metrics with `every_epochs: k` or `at_epochs: [..]` (e.g.
+    hessian) are also taken after those epochs, as Yao et al. track the spectrum during training.
 
-    Each scalar `k` becomes a curve row {metric: "k@epoch", x: epoch, value, epoch}, each of
-    the metric's own curve rows gets "@epoch" appended to its metric name and an `epoch`
-    column; the scalars also ride on that epoch's report (epochs.parquet). The model's mode
-    is restored before training goes on. Rows live in memory: after a worker restart the
-    earlier epochs' rows are only in epochs.parquet.
+    Each scalar `k` becomes a curve row {metric: "k@epoch", x: epoch, x_title: "epoch", value,
+    epoch}, each of the metric's own curve rows gets "@epoch" appended to its metric name and
+    an `epoch` column; the scalars also ride on that epoch's report (epochs.parquet). The
+    metric template restores the model's mode before training goes on. Rows live in memory:
+    after a worker restart the earlier epochs' rows are only in epochs.parquet.
     """
-    timed = [m for m in parsed.metrics if getattr(m.options, "at_epochs", None)]
+    timed = [m for m in parsed.metrics
+             if getattr(m.options, "at_epochs", None) or getattr(m.options, "every_epochs", None)]
     rows: list[dict] = []
     if not timed:
         return on_epoch, rows
@@ -94,17 +101,13 @@ def at_epochs_hook(parsed, model, data, device, on_epoch: Callable, *,
     def hooked(metrics: dict, get_state: Callable) -> None:
         e = metrics["epoch"]
         for m in timed:
-            if e not in m.options.at_epochs:
+            if not due(m.options, e):
                 continue
-            was = model.training
-            t0 = time.perf_counter()
-            try:
-                res = m.obj(ctx, m.options)
-            finally:
-                model.train(was)
-            metrics[f"time.{m.name}@epoch_s"] = time.perf_counter() - t0
+            res = m.obj(ctx, m.options)
+            metrics[f"time.{m.name}@epoch_s"] = res.seconds
             metrics.update(res.scalars)
-            rows.extend({"metric": f"{k}@epoch", "x": e, "value": v, "epoch": e} for k, v in res.scalars.items())
+            rows.extend({"metric": f"{k}@epoch", "x": e, "x_title": "epoch", "value": v, "epoch": e}
+                        for k, v in res.scalars.items())
             rows.extend({**r, "metric": f"{r['metric']}@epoch", "epoch": e} for r in res.curves)
         on_epoch(metrics, get_state)
 

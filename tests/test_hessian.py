@@ -121,7 +121,7 @@ def test_unconverged_power_iteration_shows_in_the_residual(exact):
 def test_trace_within_three_standard_errors(exact):
     H, _ = exact
     n = 300
-    r = run(tiny_mlp(), top_n=0, trace=True, trace_samples=n).scalars
+    r = run(tiny_mlp(), top_n=None, trace=True, trace_samples=n).scalars
     assert r["hessian.trace_n"] == n
     assert abs(r["hessian.trace"] - H.trace().item()) < 3 * r["hessian.trace_se"]
     # Rademacher Hutchinson: Var(vᵀHv) = 2 Σ_{i≠j} H_ij², so the SE is known in closed form.
@@ -144,7 +144,7 @@ def test_slq_nodes_are_exact_eigenvalues_with_weights_summing_to_one(exact):
 
 def test_density_integrates_to_one_and_sits_on_the_eigenvalues(exact):
     _, lam = exact
-    res = run(tiny_mlp(), top_n=0, trace=False, density=True, slq_runs=30, slq_iterations=50,
+    res = run(tiny_mlp(), top_n=None, trace=False, density=True, slq_runs=30, slq_iterations=50,
               density_grid=2000, density_bandwidth=0.005)
     rows = [c for c in res.curves if c["metric"] == "hessian.density"]
     assert len(rows) == 2000
@@ -203,7 +203,13 @@ def test_bad_options_are_study_errors():
     from raystudy.spec.validate import validate_trial
     base = {"model": {"arch": "stdcnn_mnist"}}
     with pytest.raises(StudyError, match="nothing to compute"):
-        validate_trial({**base, "evaluate": [{"hessian": {"top_n": 0, "trace": False}}]})
+        validate_trial({**base, "evaluate": [{"hessian": {"top_n": None, "trace": False}}]})
+    # 0 eigenvalues is no spectrum (issue 19): an error at its key, saying how to skip them.
+    with pytest.raises(StudyError, match=r"evaluate\.0\.hessian\.top_n.*top_n: null") as e:
+        validate_trial({**base, "evaluate": [{"hessian": {"top_n": 0}}]})
+    assert "1-based" not in str(e.value)
+    with pytest.raises(StudyError, match=r"evaluate\.0\.hessian\.n\b.*samples"):
+        validate_trial({**base, "evaluate": [{"hessian": {"n": 64}}]})
     with pytest.raises(StudyError, match="1-based"):
         validate_trial({**base, "evaluate": [{"hessian": {"at_epochs": [0, 2]}}]})
     with pytest.raises(StudyError, match="top_n"):

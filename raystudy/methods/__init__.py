@@ -5,11 +5,4 @@ Importing this package registers every method.
 """
 
 from .base import Method, TrainState  # noqa: F401
-from . import natural  # noqa: F401
-
-for _mod in ("adversarial", "trades", "regularizers", "cusp"):
-    try:
-        __import__(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:  # modules land one issue at a time
-        if _e.name != f"{__name__}.{_mod}":
-            raise
+from . import adversarial, cusp, natural, regularizers, trades  # noqa: F401

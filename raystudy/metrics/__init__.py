@@ -1,13 +1,7 @@
-"""Metrics taken after training. A metric is a function `(ctx, options) -> MetricResult`
-registered with its options class. Importing this package registers every metric.
+"""Metrics taken after training (and, with `every_epochs` / `at_epochs`, during it). A metric
+is a `Metric` subclass (metrics.base) registered with its options class; importing this
+package registers every metric.
 """
 
-from .base import EvalContext, MetricResult, evaluation_mode, predict  # noqa: F401
-from . import accuracy  # noqa: F401
-
-for _mod in ("robustness", "invariance", "boundary", "hessian", "universal", "geometry"):
-    try:
-        __import__(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:  # metrics land one issue at a time
-        if _e.name != f"{__name__}.{_mod}":
-            raise
+from .base import EvalContext, Metric, MetricOptions, MetricResult, Run, evaluation_mode, predict  # noqa: F401
+from . import accuracy, boundary, geometry, hessian, invariance, robustness, universal  # noqa: F401

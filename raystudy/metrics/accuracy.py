@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import Field, model_validator
 
-from pydantic import Field
-
-from ..registry import METRICS, Options
-from .base import EvalContext, MetricResult, evaluation_mode, predict
+from ..registry import METRICS
+from .base import Metric, MetricOptions, MetricResult, Run, Split
 
 
-class AccuracyOptions(Options):
-    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["test", "val"])
+class AccuracyOptions(MetricOptions):
+    splits: list[Split] = Field(default_factory=lambda: ["test", "val"])
+    # One split instead of `splits`.
+    split: Split | None = None
     n: int | None = Field(None, ge=1)
 
+    @model_validator(mode="after")
+    def _one_way(self):
+        if self.split is not None and "splits" in self.model_fields_set:
+            raise ValueError("give either 'split' or 'splits', not both")
+        return self
 
-@METRICS.register("accuracy", AccuracyOptions)
-def accuracy(ctx: EvalContext, o: AccuracyOptions) -> MetricResult:
+
+class Accuracy(Metric):
     """Top-1 accuracy; `accuracy` is the test split, others are `accuracy.<split>`."""
-    res = MetricResult()
-    with evaluation_mode(ctx.model) as model:
-        for split in o.splits:
-            x, y = ctx.subset(split, o.n)
-            if len(x) == 0:
-                continue
-            acc = (predict(model, x, ctx.batch_size) == y).float().mean().item()
-            res.scalars["accuracy" if split == "test" else f"accuracy.{split}"] = acc
-    return res
+
+    def subsets(self, o: AccuracyOptions):
+        return [(s, o.n) for s in ([o.split] if o.split else o.splits)]
+
+    def compute(self, run: Run, o: AccuracyOptions) -> MetricResult:
+        acc = (run.predict() == run.y).float().mean().item()
+        return MetricResult({"accuracy" if run.split == "test" else f"accuracy.{run.split}": acc})
+
+
+accuracy = METRICS.register("accuracy", AccuracyOptions)(Accuracy())

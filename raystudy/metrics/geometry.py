@@ -13,15 +13,16 @@ import torch
 from pydantic import Field, model_validator
 
 from ..attacks import attack
-from ..registry import METRICS, Options
+from ..covariance import mean_energy_fraction, pooled_covariance_function
+from ..registry import METRICS
 from ..spec.types import Angle, Eps
-from .base import EvalContext, MetricResult, evaluation_mode, predict
+from .base import Metric, MetricOptions, MetricResult, Run
 from .universal import attack_directions, transform_perturbations
 
 PerturbationAttack = Literal["pgd", "fgsm", "gradient", "deepfool"]
 
 
-class _AttackOptions(Options):
+class _AttackOptions(MetricOptions):
     attack: PerturbationAttack = "pgd"
     eps: Eps = 0.1
     steps: int = Field(20, ge=1)
@@ -83,65 +84,55 @@ def _unit(p: torch.Tensor) -> torch.Tensor:
     return p / n.reshape(-1, *([1] * (p.dim() - 1)))
 
 
-@METRICS.register("perturbation_pca", PerturbationPCAOptions)
-def perturbation_pca(ctx: EvalContext, o: PerturbationPCAOptions) -> MetricResult:
+class PerturbationPCA(Metric):
     """Principal angles between the top-k principal subspaces of adversarial perturbations
     and of small-rotation perturbations of the same inputs (Invariance vs Robustness,
     papers/invariance_vs_robustness.txt: they are nearly orthogonal).
 
     Curve `perturbation_pca`: x = index of the principal angle (1..k), angle in degrees,
     with the angle between two random k-subspaces of the same dimension as a reference.
+    The attack's random start and the rotations are seeded by the trial's seed.
     """
-    x, y = ctx.subset(o.split, o.n)
-    with evaluation_mode(ctx.model) as model:
-        adv = adversarial_perturbations(model, x, y, o, ctx.seed, ctx.batch_size)
-    rot = transform_perturbations(x, o.rotation, o.translation, 1, ctx.generator(offset=13))
-    if o.normalize:
-        adv, rot = _unit(adv), _unit(rot)
-    k = min(o.k, len(x) - 1)
-    qa, ea = principal_subspace(adv, k, o.center)
-    qr, er = principal_subspace(rot, k, o.center)
-    angles = principal_angles(qa, qr)
-    g = torch.Generator().manual_seed(ctx.seed * 7919 + 17)
-    d = qa.shape[0]
-    rnd = principal_angles(torch.randn(d, k, generator=g, dtype=torch.float64),
-                           torch.randn(d, k, generator=g, dtype=torch.float64))
-    res = MetricResult()
-    for i, (a, r) in enumerate(zip(angles.tolist(), rnd.tolist()), 1):
-        res.curves.append({"metric": "perturbation_pca", "x": float(i), "angle": a, "angle_random": r})
-    res.scalars.update({"perturbation_pca.min_angle": angles.min().item(),
-                        "perturbation_pca.mean_angle": angles.mean().item(),
-                        "perturbation_pca.random_min_angle": rnd.min().item(),
-                        "perturbation_pca.adversarial_energy": ea,
-                        "perturbation_pca.rotation_energy": er})
-    return res
+
+    x_title = "principal angle index"
+
+    def compute(self, run: Run, o: PerturbationPCAOptions) -> MetricResult:
+        ctx, x = run.ctx, run.x
+        adv = adversarial_perturbations(run.model, x, run.y, o, ctx.seed, run.batch_size)
+        rot = transform_perturbations(x, o.rotation, o.translation, 1, ctx.generator(offset=13))
+        if o.normalize:
+            adv, rot = _unit(adv), _unit(rot)
+        k = min(o.k, len(x) - 1)
+        qa, ea = principal_subspace(adv, k, o.center)
+        qr, er = principal_subspace(rot, k, o.center)
+        angles = principal_angles(qa, qr)
+        g = torch.Generator().manual_seed(ctx.seed * 7919 + 17)
+        d = qa.shape[0]
+        rnd = principal_angles(torch.randn(d, k, generator=g, dtype=torch.float64),
+                               torch.randn(d, k, generator=g, dtype=torch.float64))
+        res = MetricResult()
+        for i, (a, r) in enumerate(zip(angles.tolist(), rnd.tolist()), 1):
+            res.curves.append({"metric": "perturbation_pca", "x": float(i), "angle": a, "angle_random": r})
+        res.scalars.update({"perturbation_pca.min_angle": angles.min().item(),
+                            "perturbation_pca.mean_angle": angles.mean().item(),
+                            "perturbation_pca.random_min_angle": rnd.min().item(),
+                            "perturbation_pca.adversarial_energy": ea,
+                            "perturbation_pca.rotation_energy": er})
+        return res
+
+
+perturbation_pca = METRICS.register("perturbation_pca", PerturbationPCAOptions)(PerturbationPCA())
 
 
 # ---------------------------------------------------------------- covariance function
 
 def covariance_function(z: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Stationary estimate of C(Δ) = E[z(p) z(p + Δ)] over pixel displacement Δ = (dy, dx),
-    |dy|, |dx| <= max_shift, pooled over images and channels (intra-channel only).
-
-    Each lag averages the products of every pixel pair at that displacement inside the
-    image (SGR eq. 16's covariance function with integer displacements); computed for the
-    whole batch with one zero-padded FFT autocorrelation. Returns (2m+1, 2m+1), centre = 0.
-    Raw second moments, as in the paper (centre z first for a covariance).
-    """
-    n, c, h, w = z.shape
-    m = max_shift
-    if not 0 <= m < min(h, w):
-        raise ValueError(f"max_shift={m} must be in [0, {min(h, w) - 1}]")
-    zz = z.double()
-    # Padding to >= H + m (W + m) keeps circular wrap-around out of the lags we read.
-    fh, fw = h + m, w + m
-    spec = torch.fft.rfft2(zz, s=(fh, fw))
-    acf = torch.fft.irfft2((spec * spec.conj()).sum((0, 1)), s=(fh, fw))   # acf[τ] = Σ z(p) z(p+τ)
-    dy = torch.arange(-m, m + 1, device=z.device)
-    dx = torch.arange(-m, m + 1, device=z.device)
-    sums = acf[dy.remainder(fh)][:, dx.remainder(fw)]
-    pairs = (h - dy.abs()).double()[:, None] * (w - dx.abs()).double()[None, :]
-    return sums / (pairs * n * c)
+    |dy|, |dx| <= max_shift, pooled over images and channels (intra-channel only): each lag
+    averages the products of every pixel pair at that displacement (SGR eq. 16 with integer
+    displacements). Raw second moments; the estimate is raystudy.covariance's, the one the
+    SGR regularizer's Σ uses. Returns (2m+1, 2m+1), centre = 0."""
+    return pooled_covariance_function(z.double(), max_shift, "unbiased")
 
 
 def axial_profile(cf: torch.Tensor) -> torch.Tensor:
@@ -169,8 +160,7 @@ class PerturbationCovarianceOptions(_AttackOptions):
                                           "second moments, the paper's Σ)")
 
 
-@METRICS.register("perturbation_covariance", PerturbationCovarianceOptions)
-def perturbation_covariance(ctx: EvalContext, o: PerturbationCovarianceOptions) -> MetricResult:
+class PerturbationCovariance(Metric):
     """Covariance function of adversarial perturbations over pixel displacement, and the
     data's, with their decay lengths (SGR, papers/structured_gradient_regularization.txt,
     Fig. 2: adversarial perturbations decay much faster than the data).
@@ -182,29 +172,37 @@ def perturbation_covariance(ctx: EvalContext, o: PerturbationCovarianceOptions) 
     negligible on CIFAR-10, but on MNIST clipping to [0, 1] leaves only positive
     perturbations on the black background, and that mean would dominate the raw moments.
     """
-    x, y = ctx.subset(o.split, o.n)
-    h, w = x.shape[-2:]
-    m = min(o.max_shift or min(h, w) // 2, min(h, w) - 1)
-    with evaluation_mode(ctx.model) as model:
-        adv = adversarial_perturbations(model, x, y, o, ctx.seed, ctx.batch_size)
-    if o.normalize:
-        adv = _unit(adv)
-    if o.center:
-        adv = adv - adv.mean(0, keepdim=True)
-    res = MetricResult()
-    saved = {}
-    for name, z in ((o.attack, adv), ("data", x - x.mean(0, keepdim=True))):
-        cf = covariance_function(z, m)
-        prof = axial_profile(cf)
-        saved[name] = cf.cpu()
-        for d, (v, raw) in enumerate(zip((prof / prof[0]).tolist(), prof.tolist())):
-            res.curves.append({"metric": f"perturbation_covariance.{name}", "x": float(d),
-                               "covariance": v, "covariance_raw": raw})
-        res.scalars[f"perturbation_covariance.{name}.decay_length"] = decay_length(prof)
-    if ctx.artifacts is not None:
-        ctx.artifacts.mkdir(parents=True, exist_ok=True)
-        torch.save(saved, ctx.artifacts / "perturbation_covariance.pt")
-    return res
+
+    x_title = "pixel displacement"
+
+    def compute(self, run: Run, o: PerturbationCovarianceOptions) -> MetricResult:
+        ctx, x = run.ctx, run.x
+        h, w = x.shape[-2:]
+        m = min(o.max_shift or min(h, w) // 2, min(h, w) - 1)
+        adv = adversarial_perturbations(run.model, x, run.y, o, ctx.seed, run.batch_size)
+        if o.normalize:
+            adv = _unit(adv)
+        res = MetricResult()
+        # How much of the perturbations' energy their mean carries: what centring removes.
+        res.scalars[f"perturbation_covariance.{o.attack}.mean_energy_fraction"] = mean_energy_fraction(adv).item()
+        saved = {}
+        # The same estimator as the SGR regularizer's Σ (raystudy.covariance), centred or raw.
+        for name, z, center in ((o.attack, adv, o.center), ("data", x, True)):
+            cf = pooled_covariance_function(z.double(), m, "unbiased", center)
+            prof = axial_profile(cf)
+            saved[name] = cf.cpu()
+            for d, (v, raw) in enumerate(zip((prof / prof[0]).tolist(), prof.tolist())):
+                res.curves.append({"metric": f"perturbation_covariance.{name}", "x": float(d),
+                                   "covariance": v, "covariance_raw": raw})
+            res.scalars[f"perturbation_covariance.{name}.decay_length"] = decay_length(prof)
+        if ctx.artifacts is not None:
+            ctx.artifacts.mkdir(parents=True, exist_ok=True)
+            torch.save(saved, ctx.artifacts / "perturbation_covariance.pt")
+        return res
+
+
+perturbation_covariance = METRICS.register("perturbation_covariance", PerturbationCovarianceOptions)(
+    PerturbationCovariance())
 
 
 # ------------------------------------------------------------------------ LRC noise
@@ -242,7 +240,7 @@ def lrc_sample(shape: tuple[int, int, int, int], decay: float, channel_correlati
     return z.reshape(n, c, h, w)
 
 
-class LRCNoiseOptions(Options):
+class LRCNoiseOptions(MetricOptions):
     decay_lengths: list[float] = Field(default_factory=lambda: [5.0], min_length=1)
     strengths: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], min_length=1,
                                    description="per-pixel standard deviation of the noise ([0, 1] pixel units)")
@@ -264,32 +262,38 @@ def _tag(v: float) -> str:
     return f"{v:g}".replace(".", "p").replace("-", "m")
 
 
-@METRICS.register("lrc_noise", LRCNoiseOptions)
-def lrc_noise(ctx: EvalContext, o: LRCNoiseOptions) -> MetricResult:
+class LRCNoise(Metric):
     """Worst-of-k long-range-correlated noise attack (SGR, Sec. 4.3): each input is perturbed
     k times with Gaussian noise of exponentially decaying covariance (decay length λ),
     scaled by each strength and clipped to [0, 1]; an input counts as correct only if all
-    k perturbed copies are. The same draws are used for every strength and every model.
+    k perturbed copies are. The same draws (seeded by the trial's seed) are used for every
+    strength and every model.
 
     Curves `lrc_noise.l<λ>` (x = strength, accuracy); scalars `lrc_noise.l<λ>.accuracy` at
     the largest strength and `.mean_accuracy` over strengths.
     """
-    x, y = ctx.subset(o.split, o.n)
-    res = MetricResult()
-    with evaluation_mode(ctx.model) as model:
+
+    x_title = "noise standard deviation per pixel ([0, 1] pixel units)"
+
+    def compute(self, run: Run, o: LRCNoiseOptions) -> MetricResult:
+        x, y = run.x, run.y
+        res = MetricResult()
         for li, lam in enumerate(o.decay_lengths):
-            g = ctx.generator(offset=101 + li)
+            g = run.ctx.generator(offset=101 + li)
             noise = [lrc_sample(tuple(x.shape), lam, o.channel_correlation, g, x.device) for _ in range(o.k)]
             name = f"lrc_noise.l{_tag(lam)}"
             accs = []
             for s in o.strengths:
                 ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
                 for z in noise:
-                    ok &= predict(model, (x + s * z).clamp(0, 1), ctx.batch_size) == y
+                    ok &= run.predict((x + s * z).clamp(0, 1)) == y
                 acc = ok.float().mean().item()
                 accs.append(acc)
                 res.curves.append({"metric": name, "x": float(s), "accuracy": acc, "decay_length": float(lam),
                                    "k": o.k})
             res.scalars[f"{name}.accuracy"] = accs[o.strengths.index(max(o.strengths))]
             res.scalars[f"{name}.mean_accuracy"] = sum(accs) / len(accs)
-    return res
+        return res
+
+
+lrc_noise = METRICS.register("lrc_noise", LRCNoiseOptions)(LRCNoise())

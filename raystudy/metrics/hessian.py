@@ -27,20 +27,21 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pyhessian import hessian as PyHessian
 from pyhessian.utils import hessian_vector_product
 from torch import nn
 
-from ..registry import METRICS, Options
-from .base import EvalContext, MetricResult
+from ..registry import METRICS
+from .base import Metric, MetricOptions, MetricResult, Run, Split, not_taken
+
+NoN = not_taken("hessian's subset size is 'samples' (examples the loss is averaged over)")
 
 
-class HessianOptions(Options):
-    top_n: int = Field(1, ge=0, description="dominant eigenvalues by power iteration (0: none)")
+class HessianOptions(MetricOptions):
+    top_n: int | None = Field(1, ge=1, description="dominant eigenvalues by power iteration (null: none)")
     max_iter: int = Field(100, ge=1, description="power-iteration steps per eigenvalue at most")
     tol: float = Field(1e-3, gt=0, description="relative change of the eigenvalue that stops the iteration")
     trace: bool = True
@@ -54,14 +55,23 @@ class HessianOptions(Options):
     density_grid: int = Field(200, ge=10, description="points of the eigenvalue grid")
     density_bandwidth: float = Field(0.01, gt=0, description="Gaussian kernel width, as a fraction of the spectrum's range")
     samples: int = Field(1024, ge=1, description="examples of `split` the loss is averaged over")
-    split: Literal["train", "val", "test"] = "train"
+    n: NoN = None
+    split: Split = "train"
     batch_size: int = Field(256, ge=1, description="examples per Hessian-vector product batch")
-    seed: int = 0
+    # `seed` also seeds pyhessian's probes and the SLQ starting vectors.
     at_epochs: list[int] | None = Field(None, description="also take it after these epochs (1-based)")
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _zero(cls, v):
+        if v == 0 and not isinstance(v, bool):
+            raise ValueError("top_n: 0 asks for no eigenvalue; write top_n: null to skip them, "
+                             "or a count >= 1")
+        return v
 
     @model_validator(mode="after")
     def _something(self):
-        if self.top_n == 0 and not self.trace and not self.density:
+        if not self.top_n and not self.trace and not self.density:
             raise ValueError("nothing to compute: set top_n >= 1, trace: true or density: true")
         if self.at_epochs is not None and any(e < 1 for e in self.at_epochs):
             raise ValueError("at_epochs are 1-based epoch numbers (the spectrum after that epoch)")
@@ -198,39 +208,56 @@ def smooth_density(nodes: torch.Tensor, weights: torch.Tensor, grid: int,
     return t, dens
 
 
-@METRICS.register("hessian", HessianOptions)
-def hessian(ctx: EvalContext, o: HessianOptions) -> MetricResult:
+def _top_eigenvalues(h, top_n: int, max_iter: int, tol: float) -> dict[str, float]:
+    """Dominant eigenvalues (largest |λ| first), each with its relative residual."""
+    out = {}
+    vals, vecs = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=top_n)
+    order = sorted(range(len(vals)), key=lambda i: -abs(vals[i]))
+    for k, i in enumerate(order, 1):
+        lam, v = vals[i], vecs[i]
+        hv = hvp(h, v)
+        r2 = sum(((a - lam * b) ** 2).sum() for a, b in zip(hv, v))
+        n2 = sum((b ** 2).sum() for b in v)
+        out[f"hessian.top{k}"] = float(lam)
+        out[f"hessian.top{k}_residual"] = (r2.sqrt() / n2.sqrt()).item() / max(abs(lam), 1e-12)
+    return out
+
+
+def _trace(h, samples: int, tol: float) -> dict[str, float]:
+    """Hutchinson's estimate: the mean of the probes, its standard error and the probe count."""
+    probes = torch.tensor(h.trace(maxIter=samples, tol=tol), dtype=torch.float64)
+    se = (probes.std(unbiased=True) / math.sqrt(len(probes))).item() if len(probes) > 1 else float("nan")
+    return {"hessian.trace": probes.mean().item(), "hessian.trace_se": se, "hessian.trace_n": float(len(probes))}
+
+
+class Hessian(Metric):
     """Hessian of the cross-entropy loss w.r.t. the weights on `samples` examples of
     `split` (eval mode, as PyHessian): `hessian.top1..topN` (dominant first) with
     `hessian.topK_residual`, `hessian.trace` ± `hessian.trace_se`, and the SLQ density as
     curve rows {metric: hessian.density, x: eigenvalue, density}. Yao et al. 2018; Kamath
     et al. (SGD hyperparameters vs adversarial robustness)."""
-    res = MetricResult()
-    x, y = ctx.subset(o.split, o.samples, seed=o.seed)
-    if len(x) == 0:
+
+    x_title = "eigenvalue"
+
+    def subsets(self, o: HessianOptions):
+        return [(o.split, o.samples)]
+
+    def compute(self, run: Run, o: HessianOptions) -> MetricResult:
+        res = MetricResult()
+        device = run.ctx.device
+        with _hessian_session(run.model, run.x, run.y, o.batch_size, device, o.seed) as h:
+            if o.top_n:
+                res.scalars.update(_top_eigenvalues(h, o.top_n, o.max_iter, o.tol))
+            if o.trace:
+                res.scalars.update(_trace(h, o.trace_samples, o.trace_tol))
+            if o.density:
+                f, dim = flat_hvp(h)
+                g = torch.Generator(device=device).manual_seed(o.seed)
+                nodes, weights = slq(f, dim, o.slq_iterations, o.slq_runs, g, device)
+                t, dens = smooth_density(nodes, weights, o.density_grid, o.density_bandwidth)
+                res.curves.extend({"metric": "hessian.density", "x": float(a), "density": float(b)}
+                                  for a, b in zip(t.tolist(), dens.tolist()))
         return res
-    with _hessian_session(ctx.model, x, y, o.batch_size, ctx.device, o.seed) as h:
-        if o.top_n:
-            vals, vecs = h.eigenvalues(maxIter=o.max_iter, tol=o.tol, top_n=o.top_n)
-            order = sorted(range(len(vals)), key=lambda i: -abs(vals[i]))
-            for k, i in enumerate(order, 1):
-                lam, v = vals[i], vecs[i]
-                hv = hvp(h, v)
-                r2 = sum(((a - lam * b) ** 2).sum() for a, b in zip(hv, v))
-                n2 = sum((b ** 2).sum() for b in v)
-                res.scalars[f"hessian.top{k}"] = float(lam)
-                res.scalars[f"hessian.top{k}_residual"] = (r2.sqrt() / n2.sqrt()).item() / max(abs(lam), 1e-12)
-        if o.trace:
-            probes = torch.tensor(h.trace(maxIter=o.trace_samples, tol=o.trace_tol), dtype=torch.float64)
-            res.scalars["hessian.trace"] = probes.mean().item()
-            res.scalars["hessian.trace_se"] = (probes.std(unbiased=True) / math.sqrt(len(probes))).item() \
-                if len(probes) > 1 else float("nan")
-            res.scalars["hessian.trace_n"] = float(len(probes))
-        if o.density:
-            f, dim = flat_hvp(h)
-            g = torch.Generator(device=ctx.device).manual_seed(o.seed)
-            nodes, weights = slq(f, dim, o.slq_iterations, o.slq_runs, g, ctx.device)
-            t, dens = smooth_density(nodes, weights, o.density_grid, o.density_bandwidth)
-            res.curves.extend({"metric": "hessian.density", "x": float(a), "density": float(b)}
-                              for a, b in zip(t.tolist(), dens.tolist()))
-    return res
+
+
+hessian = METRICS.register("hessian", HessianOptions)(Hessian())

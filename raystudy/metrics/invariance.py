@@ -26,9 +26,9 @@ import torch
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ..augment import random_params, transform
-from ..registry import METRICS, Options
+from ..registry import METRICS
 from ..spec.types import Angle, Number, parse_number
-from .base import EvalContext, MetricResult, evaluation_mode, predict
+from .base import Metric, MetricOptions, MetricResult, Run, predict
 from .robustness import normalized_auc
 
 
@@ -41,7 +41,8 @@ def _fraction(v: float) -> float:
 Fraction = Annotated[float, BeforeValidator(parse_number), AfterValidator(_fraction)]
 
 
-class InvarianceOptions(Options):
+class InvarianceOptions(MetricOptions):
+    # `seed` also seeds the random transforms.
     kind: Literal["rotation", "translation", "rotation_translation"] = "rotation"
     # rotation: θ in degrees (default 0, 10, ..., 180).
     thetas: list[Angle] | None = None
@@ -52,10 +53,6 @@ class InvarianceOptions(Options):
     # Also report `spatial_accuracy.t180` (accuracy under a random rotation in [-180°, 180°]).
     t180: bool = True
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
-    split: Literal["train", "val", "test"] = "test"
-    n: int | None = Field(1000, ge=1)
-    seed: int = 0
-    batch_size: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _grid_fits_kind(self):
@@ -111,48 +108,58 @@ def _rates(model, x, y, clean, angles, shifts, bs):
     return (pred == y).float().mean().item(), (pred == clean).float().mean().item()
 
 
-@METRICS.register("invariance", InvarianceOptions)
-def invariance(ctx: EvalContext, o: InvarianceOptions) -> MetricResult:
+X_TITLES = {"rotation": "θ (degrees)", "translation": "i (shifts in ±i·image size)",
+            "rotation_translation": "i (rotations in ±i·180°, shifts in ±i·image size)"}
+
+
+class Invariance(Metric):
     """Rotation / translation / rotation-translation invariance profile (Kamath et al.,
     spatial vs adversarial robustness, Sec. 2 and appendix: Aug-R, Aug-T, Aug-RT):
     per grid point the rate of invariance (`consistency`) and the accuracy under the
     random transform. Scalars: `invariance.<name>.auc` (mean rate over the grid's range),
     `.accuracy_auc`, and for rotation `spatial_accuracy.t180` (the CuSP table's
     spatial accuracy)."""
-    res = MetricResult()
-    key = f"invariance.{o.label}"
-    bs = o.batch_size or ctx.batch_size
-    with evaluation_mode(ctx.model) as model:
-        x, y = ctx.subset(o.split, o.n, o.seed)
-        if len(x) == 0:
-            return res
+
+    def compute(self, run: Run, o: InvarianceOptions) -> MetricResult:
+        res = MetricResult()
+        key = f"invariance.{o.label}"
+        x, y, bs = run.x, run.y, run.batch_size
         n, size = len(x), min(x.shape[-2:])
-        clean = predict(model, x, bs)
+        clean = run.predict()
         rows = {}
         for level in o.grid():
             angles, shifts = _params(o.kind, level, n, size, o.seed, x.device)
-            rows[level] = _rates(model, x, y, clean, angles, shifts, bs)
-            res.curves.append({"metric": key, "x": level, "accuracy": rows[level][0],
+            rows[level] = _rates(run.model, x, y, clean, angles, shifts, bs)
+            res.curves.append({"metric": key, "x": level, "x_title": X_TITLES[o.kind], "accuracy": rows[level][0],
                                "consistency": rows[level][1]})
         if rows:
             xs = list(rows)
             res.scalars[f"{key}.auc"] = normalized_auc(xs, [rows[v][1] for v in xs])
             res.scalars[f"{key}.accuracy_auc"] = normalized_auc(xs, [rows[v][0] for v in xs])
         if o.angles is not None:
-            fixed = []
-            for a in o.angles:
-                angles = torch.full((n,), float(a), device=x.device)
-                acc, con = _rates(model, x, y, clean, angles, None, bs)
-                fixed.append(con)
-                res.curves.append({"metric": f"{key}.fixed", "x": float(a), "accuracy": acc,
-                                   "consistency": con})
-            res.scalars[f"{key}.fixed.min"] = min(fixed)
-            res.scalars[f"{key}.fixed.mean"] = sum(fixed) / len(fixed)
+            self._fixed(run, o, clean, res)
         if o.kind == "rotation" and o.t180:
             if 180.0 in rows:
                 t180 = rows[180.0][0]
             else:
                 angles, _ = _params("rotation", 180.0, n, size, o.seed, x.device)
-                t180 = _rates(model, x, y, clean, angles, None, bs)[0]
+                t180 = _rates(run.model, x, y, clean, angles, None, bs)[0]
             res.scalars["spatial_accuracy.t180"] = t180
-    return res
+        return res
+
+    @staticmethod
+    def _fixed(run: Run, o: InvarianceOptions, clean, res: MetricResult) -> None:
+        """Every image rotated by exactly each of `angles` (curve `<key>.fixed`)."""
+        key = f"invariance.{o.label}.fixed"
+        fixed = []
+        for a in o.angles:
+            angles = torch.full((len(run.x),), float(a), device=run.x.device)
+            acc, con = _rates(run.model, run.x, run.y, clean, angles, None, run.batch_size)
+            fixed.append(con)
+            res.curves.append({"metric": key, "x": float(a), "x_title": X_TITLES["rotation"], "accuracy": acc,
+                               "consistency": con})
+        res.scalars[f"{key}.min"] = min(fixed)
+        res.scalars[f"{key}.mean"] = sum(fixed) / len(fixed)
+
+
+invariance = METRICS.register("invariance", InvarianceOptions)(Invariance())

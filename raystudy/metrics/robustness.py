@@ -14,11 +14,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..attacks import ATTACKS, DEFAULTS, attack, get_attack, perturbation_norm
+from ..attacks import attack, attack_parameters, get_attack, perturbation_norm
 from ..errors import StudyError
-from ..registry import METRICS, Options
+from ..registry import ATTACKS, METRICS
 from ..spec.types import Number
-from .base import EvalContext, MetricResult, evaluation_mode, predict
+from .base import Metric, MetricOptions, MetricResult, Run
 
 
 def eps_label(e: float) -> str:
@@ -41,10 +41,11 @@ def normalized_auc(xs: list[float], ys: list[float]) -> float:
     return float(area / (pts[-1][0] - pts[0][0]))
 
 
-class RobustnessOptions(Options):
+class RobustnessOptions(MetricOptions):
     """Options of `robustness`. ε is in pixel units of inputs in [0, 1] ('8/255' works);
     for L2 attacks it is an L2 radius. Attack hyperparameters left out take the
-    defaults in raystudy.attacks (PGD: 10 steps of 2.5·ε/steps, random start)."""
+    defaults of the attack's options in raystudy.attacks (PGD: 10 steps of 2.5·ε/steps,
+    random start). `seed` also seeds the attack's random start."""
 
     attack: str = "pgd"
     eps: list[Number] = Field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
@@ -52,11 +53,7 @@ class RobustnessOptions(Options):
     # Scalars `acc@<ε>`; these ε are evaluated too. Default: the CuSP table's 8/255.
     acc_at: list[Number] | None = None
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
-    split: Literal["train", "val", "test"] = "test"
-    n: int | None = Field(1000, ge=1)
-    seed: int = 0
-    batch_size: int | None = Field(None, ge=1)
-    # Attack hyperparameters (each applies to some attacks only; see attacks.ATTACKS).
+    # Attack hyperparameters (each applies to some attacks only: the attack's options class).
     steps: int | None = Field(None, ge=1)
     alpha: Number | None = Field(None, gt=0)
     random_start: bool | None = None
@@ -76,13 +73,13 @@ class RobustnessOptions(Options):
             get_attack(v)
         except StudyError as e:
             raise ValueError(e.raw + (f" ({e.hint})" if e.hint else "")
-                             + "; one of: " + ", ".join(sorted(ATTACKS))) from None
+                             + "; one of: " + ", ".join(ATTACKS.names())) from None
         return v
 
     @model_validator(mode="after")
     def _fits_attack(self):
-        info = ATTACKS[self.attack]
-        hp = [k for k in DEFAULTS if k in self.model_fields_set and getattr(self, k) is not None]
+        info = get_attack(self.attack)
+        hp = [k for k in attack_parameters() if k in self.model_fields_set and getattr(self, k, None) is not None]
         wrong = [k for k in hp if k not in info.params]
         if wrong:
             ok = ", ".join(info.params) or "none"
@@ -100,54 +97,68 @@ class RobustnessOptions(Options):
         return self.name or self.attack
 
 
-@METRICS.register("robustness", RobustnessOptions)
-def robustness(ctx: EvalContext, o: RobustnessOptions) -> MetricResult:
+def _budget_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: dict) -> dict:
+    """(accuracy, consistency) per ε for an attack that takes a budget: one run per ε."""
+    rows = {}
+    for e in epss:
+        if e == 0:
+            # A zero budget leaves every input unchanged; skip the attack's cost.
+            pred = clean
+        else:
+            adv = attack(run.model, o.attack, run.x, run.y, e, batch_size=run.batch_size, seed=o.seed, **hp)
+            pred = run.predict(adv)
+        rows[e] = ((pred == run.y).float().mean().item(), (pred == clean).float().mean().item())
+    return rows
+
+
+def _minimal_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: dict, norm: str) -> dict:
+    """(accuracy, consistency) per ε for a minimal-perturbation attack, run once: an input
+    is broken at ε when its perturbation's norm is at most ε."""
+    adv = attack(run.model, o.attack, run.x, run.y, batch_size=run.batch_size, seed=o.seed, **hp)
+    pred = run.predict(adv)
+    size = perturbation_norm(adv - run.x, norm)
+    rows = {}
+    for e in epss:
+        within = size <= e
+        acc = ((clean == run.y) & ~(within & (pred != run.y))).float().mean().item()
+        con = (~(within & (pred != clean))).float().mean().item()
+        rows[e] = (acc, con)
+    return rows
+
+
+class Robustness(Metric):
     """Robustness profile (Kamath et al., invariance vs robustness; CuSP Sec. 4):
     per ε, accuracy and consistency (1 − fooling rate vs clean predictions) on a fixed
     seeded subset. Budget attacks run once per ε; minimal-perturbation attacks
     (DeepFool, CW) run once and an input is broken at ε when its perturbation's norm
     is at most ε. Scalars: `auc` (mean accuracy over the ε range), `consistency_auc`,
     `acc@<ε>`."""
-    info = ATTACKS[o.attack]
-    norm = o.norm or info.norm
-    acc_at = [8 / 255] if o.acc_at is None else list(o.acc_at)
-    if o.acc_at is None and norm == "L2":
-        acc_at = []  # 8/255 is an L∞ budget; L2 studies declare their own
-    epss = sorted({float(e) for e in list(o.eps) + acc_at})
-    hp = {k: getattr(o, k) for k in DEFAULTS if getattr(o, k) is not None}
-    bs = o.batch_size or ctx.batch_size
-    res = MetricResult()
-    key = f"robustness.{o.label}"
-    with evaluation_mode(ctx.model) as model:
-        x, y = ctx.subset(o.split, o.n, o.seed)
-        if len(x) == 0:
-            return res
-        clean = predict(model, x, bs)
-        rows = {}
+
+    def compute(self, run: Run, o: RobustnessOptions) -> MetricResult:
+        info = get_attack(o.attack)
+        norm = o.norm or info.norm
+        acc_at = [8 / 255] if o.acc_at is None else list(o.acc_at)
+        if o.acc_at is None and norm == "L2":
+            acc_at = []  # 8/255 is an L∞ budget; L2 studies declare their own
+        epss = sorted({float(e) for e in list(o.eps) + acc_at})
+        hp = {k: getattr(o, k) for k in attack_parameters() if getattr(o, k, None) is not None}
+        clean = run.predict()
         if info.budget:
-            for e in epss:
-                if e == 0:
-                    # A zero budget leaves every input unchanged; skip the attack's cost.
-                    pred = clean
-                else:
-                    adv = attack(model, o.attack, x, y, e, batch_size=bs, seed=o.seed, **hp)
-                    pred = predict(model, adv, bs)
-                rows[e] = ((pred == y).float().mean().item(), (pred == clean).float().mean().item())
+            rows = _budget_rows(run, o, epss, clean, hp)
         else:
-            adv = attack(model, o.attack, x, y, batch_size=bs, seed=o.seed, **hp)
-            pred = predict(model, adv, bs)
-            size = perturbation_norm(adv - x, norm)
-            for e in epss:
-                within = size <= e
-                acc = ((clean == y) & ~(within & (pred != y))).float().mean().item()
-                con = (~(within & (pred != clean))).float().mean().item()
-                rows[e] = (acc, con)
-    for e in epss:
-        acc, con = rows[e]
-        res.curves.append({"metric": key, "x": e, "accuracy": acc, "consistency": con})
-    declared = sorted({float(v) for v in o.eps})
-    res.scalars[f"{key}.auc"] = normalized_auc(declared, [rows[e][0] for e in declared])
-    res.scalars[f"{key}.consistency_auc"] = normalized_auc(declared, [rows[e][1] for e in declared])
-    for e in acc_at:
-        res.scalars[f"{key}.acc@{eps_label(float(e))}"] = rows[float(e)][0]
-    return res
+            rows = _minimal_rows(run, o, epss, clean, hp, norm)
+        res = MetricResult()
+        key = f"robustness.{o.label}"
+        x_title = "ε (L∞ pixel units)" if norm == "Linf" else "ε (L2)"
+        for e in epss:
+            acc, con = rows[e]
+            res.curves.append({"metric": key, "x": e, "x_title": x_title, "accuracy": acc, "consistency": con})
+        declared = sorted({float(v) for v in o.eps})
+        res.scalars[f"{key}.auc"] = normalized_auc(declared, [rows[e][0] for e in declared])
+        res.scalars[f"{key}.consistency_auc"] = normalized_auc(declared, [rows[e][1] for e in declared])
+        for e in acc_at:
+            res.scalars[f"{key}.acc@{eps_label(float(e))}"] = rows[float(e)][0]
+        return res
+
+
+robustness = METRICS.register("robustness", RobustnessOptions)(Robustness())

@@ -9,6 +9,7 @@ of the perturbations r(x) - x made by random rotations / translations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -18,9 +19,9 @@ from torch import nn
 
 from .. import augment as aug
 from ..attacks import deepfool_batched, input_grad_only
-from ..registry import METRICS, Options
+from ..registry import METRICS
 from ..spec.types import Angle, Eps
-from .base import EvalContext, MetricResult, evaluation_mode, predict
+from .base import Metric, MetricOptions, MetricResult, Run, not_taken, predict
 
 DirectionAttack = Literal["gradient", "fgsm", "deepfool"]
 
@@ -102,10 +103,14 @@ def _best_sign(model, x, y, clean, v, norm, size, bs) -> tuple[float, float, int
     return (fp, ap, 1) if fp >= fn else (fn, an, -1)
 
 
-class SVDUniversalOptions(Options):
+NoN = not_taken("svd_universal's subset is n_fit + n_eval images: set those instead of n")
+
+
+class SVDUniversalOptions(MetricOptions):
     attacks: list[DirectionAttack] = Field(default_factory=lambda: ["gradient", "fgsm", "deepfool"], min_length=1)
     n_fit: int = Field(64, ge=1, description="test images whose attack directions are stacked")
     n_eval: int = Field(1000, ge=1, description="disjoint images the universal perturbation is scored on")
+    n: NoN = None
     split: Literal["test", "val"] = "test"
     l2: list[float] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     linf: list[Eps] = Field(default_factory=list)
@@ -128,62 +133,92 @@ class SVDUniversalOptions(Options):
         return self
 
 
-def split_fit_eval(ctx: EvalContext, split: str, n_fit: int, n_eval: int):
-    """The first n_fit images of a seeded subset build the direction, the rest score it."""
-    x, y = ctx.subset(split, n_fit + n_eval)
-    if len(x) <= n_fit:
-        raise ValueError(f"the {split} split has {len(x)} images: need more than n_fit={n_fit}")
-    return (x[:n_fit], y[:n_fit]), (x[n_fit:], y[n_fit:])
+def _save(ctx, folder: str, file: str, payload: dict) -> None:
+    """A direction and its singular values, for later analysis (when the trial keeps files)."""
+    if ctx.artifacts is not None:
+        path = ctx.artifacts / folder
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path / file)
 
 
-@METRICS.register("svd_universal", SVDUniversalOptions)
-def svd_universal(ctx: EvalContext, o: SVDUniversalOptions) -> MetricResult:
+class SVDUniversal(Metric):
     """SVD-Universal (universalization of gradient / FGSM / DeepFool directions
     from ~64 test images; papers/abstracts_*: SVD-Universal, and its GCNN study).
 
     Curves `svd_universal.<attack>` (L2) and `svd_universal.<attack>.linf`: x = norm,
     fooling rate (vs clean predictions) and accuracy of the better sign of ±v, and of a
     random Gaussian direction of the same norm (also its better sign, averaged over draws).
+    The first n_fit images of the seeded subset build the direction, the rest score it.
     """
-    res = MetricResult()
-    (xf, yf), (xe, ye) = split_fit_eval(ctx, o.split, o.n_fit, o.n_eval)
-    bs = ctx.batch_size
-    with evaluation_mode(ctx.model) as model:
-        clean = predict(model, xe, bs)
+
+    def subsets(self, o: SVDUniversalOptions):
+        return [(o.split, o.n_fit + o.n_eval)]
+
+    def compute(self, run: Run, o: SVDUniversalOptions) -> MetricResult:
+        if len(run.x) <= o.n_fit:
+            raise ValueError(f"the {run.split} split has {len(run.x)} images: need more than n_fit={o.n_fit}")
+        xf, yf = run.x[:o.n_fit], run.y[:o.n_fit]
+        xe, ye = run.x[o.n_fit:], run.y[o.n_fit:]
+        res = MetricResult()
+        clean = run.predict(xe)
         res.scalars["svd_universal.clean_accuracy"] = (clean == ye).float().mean().item()
-        g = ctx.generator(offset=7)
-        randoms = torch.randn((o.random_draws, *xe.shape[1:]), generator=g, device=xe.device)
-        baseline: dict[tuple[str, float], list] = {}
+        randoms = torch.randn((o.random_draws, *xe.shape[1:]), generator=run.ctx.generator(offset=7),
+                              device=xe.device)
+        score = _Scorer(run.model, xe, ye, clean, run.batch_size, randoms)
         for a in o.attacks:
-            dirs = attack_directions(model, xf, yf, a, batch_size=bs, deepfool_steps=o.deepfool_steps,
-                                     overshoot=o.overshoot)
+            dirs = attack_directions(run.model, xf, yf, a, batch_size=run.batch_size,
+                                     deepfool_steps=o.deepfool_steps, overshoot=o.overshoot)
             v, s = universal_direction(dirs)
             res.scalars[f"svd_universal.{a}.top_energy"] = top_energy(s)
-            if ctx.artifacts is not None:
-                folder = ctx.artifacts / "svd_universal"
-                folder.mkdir(parents=True, exist_ok=True)
-                torch.save({"direction": v.detach().cpu(), "singular_values": s.detach().cpu(),
-                            "attack": a, "n_fit": len(xf)}, folder / f"{a}.pt")
+            _save(run.ctx, "svd_universal", f"{a}.pt", {"direction": v.detach().cpu(), "singular_values":
+                                                          s.detach().cpu(), "attack": a, "n_fit": len(xf)})
             for norm, sizes, at in (("l2", o.l2, o.at_l2), ("linf", o.linf, o.at_linf)):
-                if not sizes:
-                    continue
-                metric = f"svd_universal.{a}" + ("" if norm == "l2" else ".linf")
-                at = max(sizes) if at is None else at
-                for size in sizes:
-                    fr, acc, sign = _best_sign(model, xe, ye, clean, v, norm, size, bs)
-                    if (norm, size) not in baseline:   # the same for every attack: score it once
-                        baseline[(norm, size)] = [_best_sign(model, xe, ye, clean, r, norm, size, bs)
-                                                  for r in randoms]
-                    rnd = baseline[(norm, size)]
-                    row = {"metric": metric, "x": float(size), "norm": norm, "fooling_rate": fr,
-                           "accuracy": acc, "consistency": 1.0 - fr, "sign": sign,
-                           "fooling_rate_random": sum(r[0] for r in rnd) / len(rnd),
-                           "accuracy_random": sum(r[1] for r in rnd) / len(rnd)}
-                    res.curves.append(row)
-                    if size == at:
-                        for key in ("fooling_rate", "accuracy", "fooling_rate_random", "accuracy_random"):
-                            res.scalars[f"{metric}.{key}"] = row[key]
-    return res
+                if sizes:
+                    _profile(score, v, f"svd_universal.{a}" + ("" if norm == "l2" else ".linf"), norm, sizes,
+                             max(sizes) if at is None else at, res)
+        return res
+
+
+@dataclass
+class _Scorer:
+    """Scores directions on the evaluation images; the random baseline is the same for
+    every attack, so it is scored once per (norm, size)."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    clean: torch.Tensor
+    batch_size: int
+    randoms: torch.Tensor
+    baseline: dict = field(default_factory=dict)
+
+    def best(self, v, norm, size) -> tuple[float, float, int]:
+        return _best_sign(self.model, self.x, self.y, self.clean, v, norm, size, self.batch_size)
+
+    def random(self, norm, size) -> tuple[float, float]:
+        """Mean fooling rate and accuracy of the random directions (each at its better sign)."""
+        if (norm, size) not in self.baseline:
+            rnd = [self.best(r, norm, size) for r in self.randoms]
+            self.baseline[(norm, size)] = (sum(r[0] for r in rnd) / len(rnd), sum(r[1] for r in rnd) / len(rnd))
+        return self.baseline[(norm, size)]
+
+
+def _profile(score: _Scorer, v, metric: str, norm: str, sizes, at: float, res: MetricResult) -> None:
+    """Fooling rate and accuracy of ±v scaled to each size, beside random directions."""
+    for size in sizes:
+        fr, acc, sign = score.best(v, norm, size)
+        fr_rnd, acc_rnd = score.random(norm, size)
+        row = {"metric": metric, "x": float(size),
+               "x_title": "perturbation norm (L2)" if norm == "l2" else "perturbation norm (L∞)",
+               "norm": norm, "fooling_rate": fr, "accuracy": acc, "consistency": 1.0 - fr, "sign": sign,
+               "fooling_rate_random": fr_rnd, "accuracy_random": acc_rnd}
+        res.curves.append(row)
+        if size == at:
+            for key in ("fooling_rate", "accuracy", "fooling_rate_random", "accuracy_random"):
+                res.scalars[f"{metric}.{key}"] = row[key]
+
+
+svd_universal = METRICS.register("svd_universal", SVDUniversalOptions)(SVDUniversal())
 
 
 # ------------------------------------------------------------- invariant directions
@@ -195,7 +230,7 @@ def transform_perturbations(x: torch.Tensor, rotation: float, translation: int, 
     return aug.random_transform(xs, rotation=rotation, translation=translation, generator=generator) - xs
 
 
-class InvariantDirectionsOptions(Options):
+class InvariantDirectionsOptions(MetricOptions):
     rotations: list[Angle] = Field(default_factory=lambda: [180.0], min_length=1)
     translation: int = Field(0, ge=0)
     draws: int = Field(1, ge=1, description="random transforms per image")
@@ -219,8 +254,7 @@ def unsigned_angle(u: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
     return torch.rad2deg(torch.arccos(c)).item(), c.item()
 
 
-@METRICS.register("invariant_directions", InvariantDirectionsOptions)
-def invariant_directions(ctx: EvalContext, o: InvariantDirectionsOptions) -> MetricResult:
+class InvariantDirections(Metric):
     """Universal invariant directions (SVD-Universal on GCNNs, papers/abstracts_*): the top
     singular vector of r(x) - x under random rotations in [-θ, θ] (and shifts), and its
     angle to the SVD-Universal direction of the declared attack on the same images.
@@ -228,25 +262,27 @@ def invariant_directions(ctx: EvalContext, o: InvariantDirectionsOptions) -> Met
     Two random unit vectors in d dimensions are nearly orthogonal (|cos| ~ sqrt(2/(πd)),
     about 88° for MNIST), which is the reference for the angle.
     """
-    res = MetricResult()
-    x, y = ctx.subset(o.split, o.n)
-    with evaluation_mode(ctx.model) as model:
-        dirs = attack_directions(model, x, y, o.attack, batch_size=ctx.batch_size,
+
+    x_title = "rotation (degrees)"
+
+    def compute(self, run: Run, o: InvariantDirectionsOptions) -> MetricResult:
+        res = MetricResult()
+        dirs = attack_directions(run.model, run.x, run.y, o.attack, batch_size=run.batch_size,
                                  deepfool_steps=o.deepfool_steps, overshoot=o.overshoot)
         v_adv, _ = universal_direction(dirs)
-    g = ctx.generator(offset=11)
-    last = None
-    for theta in o.rotations:
-        u, s = universal_direction(transform_perturbations(x, theta, o.translation, o.draws, g))
-        angle, cos = unsigned_angle(u, v_adv)
-        last = {"metric": "invariant_directions", "x": float(theta), "angle": angle, "cosine": cos,
-                "top_energy": top_energy(s), "attack": o.attack}
-        res.curves.append(last)
-        if ctx.artifacts is not None:
-            folder = ctx.artifacts / "invariant_directions"
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save({"direction": u.cpu(), "singular_values": s.cpu(), "rotation": theta,
-                        "translation": o.translation}, folder / f"rot{theta:g}_t{o.translation}.pt")
-    for key in ("angle", "cosine", "top_energy"):
-        res.scalars[f"invariant_directions.{key}"] = last[key]
-    return res
+        g = run.ctx.generator(offset=11)
+        last = None
+        for theta in o.rotations:
+            u, s = universal_direction(transform_perturbations(run.x, theta, o.translation, o.draws, g))
+            angle, cos = unsigned_angle(u, v_adv)
+            last = {"metric": "invariant_directions", "x": float(theta), "angle": angle, "cosine": cos,
+                    "top_energy": top_energy(s), "attack": o.attack}
+            res.curves.append(last)
+            _save(run.ctx, "invariant_directions", f"rot{theta:g}_t{o.translation}.pt",
+                  {"direction": u.cpu(), "singular_values": s.cpu(), "rotation": theta, "translation": o.translation})
+        for key in ("angle", "cosine", "top_energy"):
+            res.scalars[f"invariant_directions.{key}"] = last[key]
+        return res
+
+
+invariant_directions = METRICS.register("invariant_directions", InvariantDirectionsOptions)(InvariantDirections())
