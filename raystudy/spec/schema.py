@@ -103,6 +103,10 @@ class TrainSpec(Strict):
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    # The same for the metrics that declare they allow it (attacks and forward passes; see
+    # metrics.base.Metric.fast_path): the model's forward and backward in bf16 / compiled.
+    eval_amp: bool = new_field(False)
+    eval_compile: bool = new_field(False)
 
     @field_validator("optimizer", "schedule", "method")
     @classmethod
