@@ -169,3 +169,12 @@ def test_expand_is_repeatable():
     s = study(SPACES[5], num_samples=4)
     again = expand(s)
     assert [t.trial_id for t in again] == [t.trial_id for t in s.trials]
+
+
+def test_expression_results_are_memoized_by_json_identity():
+    s = study({"x": {"grid": [0.0, -0.0, 0, 2, 2.0]}, "train.optimizer.weight_decay": {"expr": "x * 1"}})
+    got = sorted((canonical(t.params["x"]), canonical(t.config["train"]["optimizer"]["weight_decay"]))
+                 for t in s.trials)
+    assert got == sorted([("0.0", "0.0"), ("-0.0", "-0.0"), ("0", "0"), ("2", "2"), ("2.0", "2.0")])
+    for t in s.trials:
+        assert t.trial_id == trial_hash(t.config, t.free)

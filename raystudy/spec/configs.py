@@ -40,7 +40,7 @@ def is_config_path(key: str) -> bool:
     return key.split(".", 1)[0] in TRIAL_KEYS
 
 
-def _memo_key(v: Any) -> Any:
+def memo_key(v: Any) -> Any:
     # Values are told apart as the id's JSON tells them apart: 1, 1.0 and True by their type;
     # 0.0 and -0.0 are equal but print differently.
     return (type(v), v if type(v) is not float or v else repr(v))
@@ -81,7 +81,7 @@ class Configs:
 
     def _free(self, free: dict) -> str:
         try:
-            key = tuple((k, _memo_key(v)) for k, v in free.items())
+            key = tuple((k, memo_key(v)) for k, v in free.items())
             text = self._free_texts.get(key)
         except TypeError:
             return canonical(free)
@@ -99,7 +99,7 @@ class Configs:
         return s
 
     def _built(self, s: str, ws: list[tuple[str, Any, str]]) -> tuple[Any, str]:
-        key: tuple | None = (s, *((p, _memo_key(v)) for p, v, _ in ws))
+        key: tuple | None = (s, *((p, memo_key(v)) for p, v, _ in ws))
         try:
             hit = self._memo.get(key)
         except TypeError:      # a list or mapping among the values: built every time

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import StudyError
 from . import expr as expr_mod
-from .configs import Configs, gc_paused, is_config_path
+from .configs import Configs, gc_paused, is_config_path, memo_key
 from .paths import canonical, fast_copy, flatten
 
 OPERATORS = ("grid", "choice", "uniform", "loguniform", "randint", "expr", "zip")
@@ -275,8 +275,8 @@ _SCALARS = (int, float, str, bool, type(None))
 
 
 def _expr_value(es: _Entries, k: str, env: dict, file: str) -> Any:
-    # The memo key holds each value's type: 2 and 2.0 give different results (and ids).
-    key: tuple | None = (k, *((type(v), v) for v in (env.get(n, _MISSING) for n in es.expr_names[k])))
+    # The memo key tells inputs apart as JSON does: 2 and 2.0 give different results (and ids).
+    key: tuple | None = (k, *(memo_key(env.get(n, _MISSING)) for n in es.expr_names[k]))
     try:
         if key in es.expr_memo:
             return es.expr_memo[key]
