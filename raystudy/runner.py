@@ -174,7 +174,7 @@ def _tuner(study: StudyDocument, layout: Layout, name: str, trials: list[dict] |
             max_concurrent_trials=max_concurrent or study.spec.tune.max_concurrent,
             trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
             trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"],
-            reuse_actors=False,
+            reuse_actors=study.spec.tune.reuse_workers,
             **extra,
         ),
         run_config=tune.RunConfig(

@@ -23,6 +23,7 @@ class AccuracyOptions(MetricOptions):
 
 class Accuracy(Metric):
     """Top-1 accuracy; `accuracy` is the test split, others are `accuracy.<split>`."""
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def subsets(self, o: AccuracyOptions):
         return [(s, o.n) for s in ([o.split] if o.split else o.splits)]

@@ -117,6 +117,7 @@ class Invariance(Metric):
     random transform. Scalars: `invariance.<name>.auc` (mean rate over the grid's range),
     `.accuracy_auc`, and for rotation `spatial_accuracy.t180` (the CuSP table's
     spatial accuracy)."""
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def compute(self, run: Run, o: InvarianceOptions) -> MetricResult:
         res = MetricResult()

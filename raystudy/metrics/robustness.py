@@ -132,6 +132,7 @@ class Robustness(Metric):
     (DeepFool, CW) run once and an input is broken at ε when its perturbation's norm
     is at most ε. Scalars: `auc` (mean accuracy over the ε range), `consistency_auc`,
     `acc@<ε>`."""
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def compute(self, run: Run, o: RobustnessOptions) -> MetricResult:
         info = get_attack(o.attack)

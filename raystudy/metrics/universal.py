@@ -150,6 +150,7 @@ class SVDUniversal(Metric):
     random Gaussian direction of the same norm (also its better sign, averaged over draws).
     The first n_fit images of the seeded subset build the direction, the rest score it.
     """
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def subsets(self, o: SVDUniversalOptions):
         return [(o.split, o.n_fit + o.n_eval)]

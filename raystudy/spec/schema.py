@@ -104,6 +104,10 @@ class TrainSpec(Strict):
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    # The same for the metrics that declare they allow it (attacks and forward passes; see
+    # metrics.base.Metric.fast_path): the model's forward and backward in bf16 / compiled.
+    eval_amp: bool = new_field(False)
+    eval_compile: bool = new_field(False)
 
     @field_validator("optimizer", "schedule", "method")
     @classmethod
@@ -159,6 +163,9 @@ class TuneSpec(Strict):
     # A search algorithm and an early-stopping scheduler (spec/tunespec.py); not trial config.
     search: SearchSpec | None = None
     scheduler: SchedulerSpec | None = None
+    # Run the next trial in the same worker process (raystudy.isolation resets what a trial
+    # could leave behind); false starts a fresh process per trial (about 2 s more each).
+    reuse_workers: bool = True
 
 
 def _device(v: str) -> str:
