@@ -33,6 +33,8 @@ TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 EPOCHS = "epochs.parquet"
 TRANSFER = "transfer.parquet"
+# Per-example outcomes of the metrics (which evaluated images were right), see analysis/paired.py.
+OUTCOMES = "outcomes.parquet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
 ERROR_FILE = "error.txt"
