@@ -29,6 +29,9 @@ class BoundaryDistance(Metric):
     `boundary.l2`, `boundary.l2_rel` (mean of ‖δ‖/‖x‖) over correctly classified,
     fooled inputs, and `boundary.success_rate` (fooled / correctly classified)."""
 
+    def outputs(self, o: BoundaryOptions):
+        return ["boundary.l2", "boundary.l2_rel", "boundary.success_rate", "boundary.n"], []
+
     def compute(self, run: Run, o: BoundaryOptions) -> MetricResult:
         x, y = run.x, run.y
         # Push each input away from its true label: inputs the model gets wrong are
