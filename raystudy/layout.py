@@ -35,6 +35,8 @@ EPOCHS = "epochs.parquet"
 TRANSFER = "transfer.parquet"
 # Per-example outcomes of the metrics (which evaluated images were right), see analysis/paired.py.
 OUTCOMES = "outcomes.parquet"
+# The verdicts of the study's claims (analysis/claims.py).
+CLAIMS = "claims.parquet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
 ERROR_FILE = "error.txt"

@@ -175,6 +175,26 @@ def _after_steps(study: StudyDocument, out: Path, verbose: bool) -> None:
             _say(f"raystudy: after-step '{name}' wrote {path}")
 
 
+def _claims(study: StudyDocument, out: Path, verbose: bool) -> None:
+    """The study's claims recomputed from its tables into claims.parquet, verdicts printed. A
+    problem here never fails the run: `raystudy claims DIR` recomputes them."""
+    if not study.spec.claims:
+        return
+    try:
+        from analysis.claim_views import text_table
+        from analysis.claims import write_claims
+    except ImportError:  # analysis is optional for running studies
+        return
+    try:
+        df = write_claims(out)
+    except StudyError as e:
+        if verbose:
+            _say(f"raystudy: claims not evaluated ({e.render()}); `raystudy claims {out}` retries")
+        return
+    if verbose and df is not None:
+        _say("raystudy: claims (claims.parquet):\n" + text_table(df))
+
+
 def _fit(study: StudyDocument, layout: Layout, todo: list[Trial], store: ResultStore, summary: RunSummary, *,
          resume: dict[str, str], results: Path, address: str | None, dashboard: bool,
          max_concurrent: int | None, verbose: bool) -> None:
@@ -224,5 +244,6 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
         finally:
             summary.wall_s = time.perf_counter() - t0
     _after_steps(study, layout.out, verbose)
+    _claims(study, layout.out, verbose)
     summary.wall_s = time.perf_counter() - t0
     return summary

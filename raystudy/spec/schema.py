@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from .claimspec import ClaimSpec
 from .types import Angle
 
 # Marks a field added after studies had already run (see new_field).
@@ -205,6 +206,9 @@ class StudySpec(Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Study-level steps that run after all trials (e.g. transfer attacks).
     after: list[Any] = Field(default_factory=list)
+    # What the papers claim, as comparisons and trends with a verdict after every run
+    # (spec/claimspec.py, analysis/claims.py); study-level: never part of a trial's id.
+    claims: list[ClaimSpec] = Field(default_factory=list)
 
     _check_device = field_validator("device")(classmethod(lambda cls, v: _device(v)))
 
