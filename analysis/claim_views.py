@@ -13,7 +13,9 @@ COLOURS = {"supported": "#e6f4ea", "contradicted": "#fde8e8", "inconclusive": "#
 
 
 def _num(v) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.3g}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:+.3f}" if abs(v) < 10 else f"{v:+.1f}"
 
 
 def interval(r) -> str:

@@ -43,6 +43,7 @@ def alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 LR = "  train.optimizer.lr: {expr: %s}"
+CLAIM = "claims:\n  - {name: c, compare: {%s, expect: less}}\n"
 
 # (id, study text, path the message must name, words it must contain)
 VALIDATE_CASES = [
@@ -120,6 +121,13 @@ VALIDATE_CASES = [
     ("lr-inf", edit("lr: 0.05}", "lr: .inf}"), "train.optimizer.lr", "finite number"),
     ("rotation-nan-string", edit("{rotation: 0}", "{rotation: 'nan'}"), "train.augment.rotation",
      "not a finite number"),
+    # claims (issue 16): unknown metrics, paths and values, each with its key path
+    ("claim-unknown-metric", GOOD + CLAIM % "metric: acuracy, a: {seed: 0}, b: {seed: 1}",
+     "claims.0.compare.metric", "did you mean 'accuracy'"),
+    ("claim-unknown-path", GOOD + CLAIM % "metric: accuracy, a: {train.method.nme: natural}, b: {seed: 1}",
+     "claims.0.compare.a.train.method.nme", "did you mean 'train.method.name'"),
+    ("claim-unknown-value", GOOD + CLAIM % "metric: accuracy, a: {seed: 2}, b: {seed: 1}",
+     "claims.0.compare.a.seed", "no trial has seed = 2"),
 ]
 
 
