@@ -217,7 +217,7 @@ class Claims:
         sides = [([oa[t] for t in a], [ob[t] for t in b]) for a, b in pairs]
         if any(len({t.examples for t in a + b}) > 1 for a, b in sides):
             return "the trials of a pair were evaluated on different examples"
-        if len(sides) == 1 and len(sides[0][0]) == len(sides[0][1]) == 1 and not sides[0][0][0].auc:
+        if len(sides) == 1 and len(sides[0][0]) == len(sides[0][1]) == 1 and not any(t.auc for t in sum(sides[0], [])):
             x, y = sides[0][0][0].vector(), sides[0][1][0].vector()
             mc = mcnemar_exact(x, y)
             n11, n00 = int((x & y).sum()), int((~x & ~y).sum())
@@ -326,6 +326,8 @@ def write_claims(results_dir: str | Path, **kw) -> pd.DataFrame | None:
     """Recompute the claims of a results folder into claims.parquet; None when it declares none."""
     tables = load(results_dir)
     if not tables.plan.get("claims"):
+        # The study file no longer declares claims: verdicts of an earlier version would mislead.
+        Path(Layout(results_dir) / CLAIMS).unlink(missing_ok=True)
         return None
     df = evaluate_claims(tables, **kw)
     write_atomic(df, Layout(results_dir) / CLAIMS)
