@@ -181,7 +181,8 @@ class Claims:
         pairs = [(ka[k], kb[k]) for k in common]
         r.used = sorted({t for a, b in pairs for t in a + b})
         d = [va[a].mean() - vb[b].mean() for a, b in pairs]
-        r.notes.append(f"{len(pairs)} pair(s) matched on {', '.join(keys) or 'nothing (one pair)'}")
+        r.notes.append(f"{len(pairs)} pair(s) matched on {', '.join(keys)}" if keys
+                       else "1 pair (no other axis to match)")
         if any(len(a) > 1 or len(b) > 1 for a, b in pairs):
             r.notes.append("trials sharing a pair's key averaged")
         seeds = len({k[keys.index('seed')] for k in common}) if "seed" in keys else 1
