@@ -239,6 +239,26 @@ def _searcher(search, layout: Layout, weights: dict[str, str], faults: list[dict
     return search.make_searcher(prepare)
 
 
+def _claims(study: StudyDocument, out: Path, verbose: bool) -> None:
+    """The study's claims recomputed from its tables into claims.parquet, verdicts printed. A
+    problem here never fails the run: `raystudy claims DIR` recomputes them."""
+    if not study.spec.claims:
+        return
+    try:
+        from analysis.claim_views import text_table
+        from analysis.claims import write_claims
+    except ImportError:  # analysis is optional for running studies
+        return
+    try:
+        df = write_claims(out)
+    except StudyError as e:
+        if verbose:
+            _say(f"raystudy: claims not evaluated ({e.render()}); `raystudy claims {out}` retries")
+        return
+    if verbose and df is not None:
+        _say("raystudy: claims (claims.parquet):\n" + text_table(df))
+
+
 def _fit(study: StudyDocument, layout: Layout, todo: list[Trial], store: ResultStore, summary: RunSummary, *,
          resume: dict[str, str], results: Path, address: str | None, dashboard: bool,
          max_concurrent: int | None, verbose: bool, code: dict | None = None, search=None) -> None:
@@ -330,5 +350,6 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
                 _record_plan(study, layout, search)
                 summary.best = search.best_text()
     _after_steps(study, layout.out, verbose)
+    _claims(study, layout.out, verbose)
     summary.wall_s = time.perf_counter() - t0
     return summary

@@ -28,6 +28,9 @@ class Accuracy(Metric):
     def subsets(self, o: AccuracyOptions):
         return [(s, o.n) for s in ([o.split] if o.split else o.splits)]
 
+    def outputs(self, o: AccuracyOptions):
+        return ["accuracy" if s == "test" else f"accuracy.{s}" for s, _ in self.subsets(o)], []
+
     def compute(self, run: Run, o: AccuracyOptions) -> MetricResult:
         key = "accuracy" if run.split == "test" else f"accuracy.{run.split}"
         # Per-example outcomes under the scalar's name at x = 0, for paired tests.

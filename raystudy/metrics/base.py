@@ -182,6 +182,12 @@ class Metric:
     def compute(self, run: Run, o: MetricOptions) -> MetricResult:
         raise NotImplementedError
 
+    def outputs(self, o: MetricOptions) -> tuple[list[str], list[str]]:
+        """What `compute` writes under these options: (scalar names, curve `metric` names).
+        A study's claims are checked against them before Ray starts (raystudy/spec/claims.py);
+        the contract test holds every metric to what it declares."""
+        raise NotImplementedError(f"metric {type(self).__name__} does not declare its outputs")
+
     def __call__(self, ctx: EvalContext, o: MetricOptions) -> MetricResult:
         t0 = time.perf_counter()
         res = MetricResult()

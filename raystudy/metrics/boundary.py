@@ -30,6 +30,9 @@ class BoundaryDistance(Metric):
     fooled inputs, and `boundary.success_rate` (fooled / correctly classified)."""
     fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
+    def outputs(self, o: BoundaryOptions):
+        return ["boundary.l2", "boundary.l2_rel", "boundary.success_rate", "boundary.n"], []
+
     def compute(self, run: Run, o: BoundaryOptions) -> MetricResult:
         x, y = run.x, run.y
         # Push each input away from its true label: inputs the model gets wrong are

@@ -149,6 +149,16 @@ class Invariance(Metric):
             res.scalars["spatial_accuracy.t180"] = t180
         return res
 
+    def outputs(self, o: InvarianceOptions):
+        key = f"invariance.{o.label}"
+        scalars, curves = ([f"{key}.auc", f"{key}.accuracy_auc"], [key]) if o.grid() else ([], [])
+        if o.angles is not None:
+            scalars += [f"{key}.fixed.min", f"{key}.fixed.mean"]
+            curves.append(f"{key}.fixed")
+        if o.kind == "rotation" and o.t180:
+            scalars.append("spatial_accuracy.t180")
+        return scalars, curves
+
     @staticmethod
     def _fixed(run: Run, o: InvarianceOptions, clean, res: MetricResult) -> None:
         """Every image rotated by exactly each of `angles` (curve `<key>.fixed`)."""

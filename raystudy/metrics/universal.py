@@ -180,6 +180,18 @@ class SVDUniversal(Metric):
         return res
 
 
+    def outputs(self, o: SVDUniversalOptions):
+        scalars, curves = ["svd_universal.clean_accuracy"], []
+        for a in o.attacks:
+            scalars.append(f"svd_universal.{a}.top_energy")
+            for sizes, metric in ((o.l2, f"svd_universal.{a}"), (o.linf, f"svd_universal.{a}.linf")):
+                if sizes:
+                    curves.append(metric)
+                    scalars += [f"{metric}.{k}" for k in ("fooling_rate", "accuracy", "fooling_rate_random",
+                                                          "accuracy_random")]
+        return scalars, curves
+
+
 @dataclass
 class _Scorer:
     """Scores directions on the evaluation images; the random baseline is the same for
@@ -276,6 +288,9 @@ class InvariantDirections(Metric):
     """
 
     x_title = "rotation (degrees)"
+
+    def outputs(self, o: InvariantDirectionsOptions):
+        return [f"invariant_directions.{k}" for k in ("angle", "cosine", "top_energy")], ["invariant_directions"]
 
     def compute(self, run: Run, o: InvariantDirectionsOptions) -> MetricResult:
         res = MetricResult()

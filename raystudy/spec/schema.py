@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from .tunespec import SchedulerSpec, SearchSpec, TrackingSpec
+from .claimspec import ClaimSpec
 from .types import Angle
 
 # Marks a field added after studies had already run (see new_field).
@@ -218,6 +219,9 @@ class StudySpec(Strict):
     after: list[Any] = Field(default_factory=list)
     # Copies of every trial's numbers in TensorBoard / MLflow / W&B (spec/tunespec.py).
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    # What the papers claim, as comparisons and trends with a verdict after every run
+    # (spec/claimspec.py, analysis/claims.py); study-level: never part of a trial's id.
+    claims: list[ClaimSpec] = Field(default_factory=list)
 
     _check_device = field_validator("device")(classmethod(lambda cls, v: _device(v)))
 
