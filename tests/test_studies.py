@@ -165,6 +165,10 @@ def _run_smoke(name, tmp_path):
     assert summary.completed == len(study.trials)
     tables = load(summary.out)
     assert (tables.trials["status"] == "completed").all()
+    # The run ends with a verdict for each of the paper's claims (claims.parquet).
+    claims = tables.extra["claims"]
+    assert list(claims["claim"]) == [c.name for c in study.spec.claims]
+    assert set(claims["verdict"]) <= {"supported", "contradicted", "inconclusive"}
     return study, tables
 
 

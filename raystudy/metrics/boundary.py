@@ -28,6 +28,10 @@ class BoundaryDistance(Metric):
     the boundary in Kamath et al., spatial vs adversarial robustness, Fig. 16), batched:
     `boundary.l2`, `boundary.l2_rel` (mean of ‖δ‖/‖x‖) over correctly classified,
     fooled inputs, and `boundary.success_rate` (fooled / correctly classified)."""
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
+
+    def outputs(self, o: BoundaryOptions):
+        return ["boundary.l2", "boundary.l2_rel", "boundary.success_rate", "boundary.n"], []
 
     def compute(self, run: Run, o: BoundaryOptions) -> MetricResult:
         x, y = run.x, run.y

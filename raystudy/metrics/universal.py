@@ -150,6 +150,7 @@ class SVDUniversal(Metric):
     random Gaussian direction of the same norm (also its better sign, averaged over draws).
     The first n_fit images of the seeded subset build the direction, the rest score it.
     """
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def subsets(self, o: SVDUniversalOptions):
         return [(o.split, o.n_fit + o.n_eval)]
@@ -177,6 +178,18 @@ class SVDUniversal(Metric):
                     _profile(score, v, f"svd_universal.{a}" + ("" if norm == "l2" else ".linf"), norm, sizes,
                              max(sizes) if at is None else at, res)
         return res
+
+
+    def outputs(self, o: SVDUniversalOptions):
+        scalars, curves = ["svd_universal.clean_accuracy"], []
+        for a in o.attacks:
+            scalars.append(f"svd_universal.{a}.top_energy")
+            for sizes, metric in ((o.l2, f"svd_universal.{a}"), (o.linf, f"svd_universal.{a}.linf")):
+                if sizes:
+                    curves.append(metric)
+                    scalars += [f"{metric}.{k}" for k in ("fooling_rate", "accuracy", "fooling_rate_random",
+                                                          "accuracy_random")]
+        return scalars, curves
 
 
 @dataclass
@@ -275,6 +288,9 @@ class InvariantDirections(Metric):
     """
 
     x_title = "rotation (degrees)"
+
+    def outputs(self, o: InvariantDirectionsOptions):
+        return [f"invariant_directions.{k}" for k in ("angle", "cosine", "top_energy")], ["invariant_directions"]
 
     def compute(self, run: Run, o: InvariantDirectionsOptions) -> MetricResult:
         res = MetricResult()
