@@ -188,6 +188,27 @@ def test_a_loss_needs_an_explicit_mode():
     refused(config({"epochs": 1, "select": {"by": "val_accuracy", "mode": "best"}}, ["accuracy"]))
 
 
+def test_a_study_file_is_refused_with_its_line_before_ray(tmp_path):
+    from raystudy.spec import load_study
+    f = tmp_path / "s.yaml"
+    f.write_text("""name: s
+data: {dataset: synthetic, train_size: 64, test_size: 32}
+model: {arch: stdcnn_mnist}
+train:
+  epochs: 2
+  select: {by: val.robustness.pgd.acu}
+space:
+  seed: {grid: [0, 1]}
+evaluate:
+  - robustness: {attack: pgd, eps: [0, 0.1], every_epochs: 1}
+""")
+    with pytest.raises(StudyError) as e:
+        load_study(f)
+    msg = str(e.value)
+    assert "s.yaml" in msg and "train.select.by" in msg and "line 6" in msg, msg
+    assert "did you mean 'val.robustness.pgd.auc'" in msg, msg
+
+
 def test_valid_selections_pass():
     timed = {"robustness": {**PGD["robustness"], "every_epochs": 2}}
     for by in ("val_accuracy", "val.robustness.pgd.auc"):
