@@ -222,8 +222,23 @@ def _chart_tables(tables: Tables, entries: list[Chart], assets: Path) -> str:
     return out
 
 
+def _claims_section(tables: Tables, assets: Path) -> str:
+    """The verdicts of the study's claims (recomputed from the tables), at the top of the page."""
+    if not tables.plan.get("claims"):
+        return ""
+    from .claim_views import html_table
+    from .claims import evaluate_claims
+    try:
+        df = evaluate_claims(tables)
+    except StudyError as e:
+        return f'<h2>Claims</h2><div class="missing">Not evaluated: {html.escape(e.render())}</div>'
+    df.to_csv(assets / "claims.csv", index=False)
+    return ("<h2>Claims</h2><p class=\"desc\">each claim of the study file against these results: effect, 95% "
+            f"interval, what the interval is over; full table in {assets.name}/claims.csv</p>" + html_table(df))
+
+
 def _page(tables: Tables, sections: list[str], specs: dict, extra_html: str, assets: Path,
-          summary: pd.DataFrame) -> str:
+          summary: pd.DataFrame, claims_html: str = "") -> str:
     state = ", ".join(f"{v} {k}" for k, v in tables.counts().items())
     desc = html.escape(str(tables.plan.get("description") or "").strip())
     return f"""<!DOCTYPE html>
@@ -236,6 +251,7 @@ def _page(tables: Tables, sections: list[str], specs: dict, extra_html: str, ass
 <p id="status">{len(tables.trials)} trials: {html.escape(state)}. Results: <code>{html.escape(str(tables.path))}</code></p>
 <h2>Health</h2>
 {health_html(tables)}
+{claims_html}
 {''.join(sections)}
 <h2>Summary per configuration</h2>
 <p class="desc">mean ± std over seeds; full table in {assets.name}/summary.csv</p>
@@ -279,7 +295,7 @@ def build_report(results_dir: Path, out: Path | None = None, png: bool = True) -
         health_table(tables).to_csv(assets / "health.csv", index=False)
     extra_html = _chart_tables(tables, entries, assets)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_page(tables, sections, specs, extra_html, assets, summary))
+    out.write_text(_page(tables, sections, specs, extra_html, assets, summary, _claims_section(tables, assets)))
     for msg in problems:
         print(f"warning: {msg}", file=sys.stderr)
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import StudyError
 from .layout import PLAN, TRIALS, Layout
+from .spec.claims import independent_axes
 from .spec.load import StudyDocument
 from .spec.paths import digest
 
@@ -27,7 +28,10 @@ def plan_record(study: StudyDocument) -> dict:
         "base_fingerprint": plan.fingerprint,
         "base_hash": plan.base_hash,
         "varied": sorted(plan.varied),
+        # The space keys that vary on their own (claims pair and group trials by them).
+        "axes": independent_axes(study.spec.space, study.file),
         "report": study.spec.report,
+        "claims": [c.model_dump(mode="json", exclude_none=True) for c in study.spec.claims],
         "trials": [t.to_ray() for t in plan.trials],
     }
 

@@ -1,4 +1,4 @@
-"""raystudy command line: validate | plan | run | status | report | collect."""
+"""raystudy command line: validate | plan | run | status | report | claims | collect."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from .errors import StudyError, StudyErrors
 
 EXIT_BAD_INPUT = 2
+# `raystudy claims --strict` when a claim is contradicted (bad input stays 2).
+EXIT_CONTRADICTED = 1
 
 
 def _print_error(e: StudyError) -> None:
@@ -181,6 +183,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_claims(args) -> int:
+    """Recompute the study's claims from its results folder into claims.parquet and print the
+    verdicts; with --strict, exit 1 when any claim is contradicted (for a research repo's CI)."""
+    try:
+        from analysis.claim_views import text_table
+        from analysis.claims import write_claims
+    except ImportError:
+        raise StudyError("the analysis package is not installed", hint="pip install -e .") from None
+    df = write_claims(Path(args.dir))
+    if df is None:
+        print(f"the study in {args.dir} declares no claims (add a claims: section to the study file and run it)")
+        return 0
+    print(text_table(df))
+    from .layout import CLAIMS
+    print(f"claims: {Path(args.dir) / CLAIMS}")
+    contradicted = df[df["verdict"] == "contradicted"]["claim"].tolist()
+    if args.strict and contradicted:
+        print(f"--strict: {len(contradicted)} claim(s) contradicted: {', '.join(contradicted)}", file=sys.stderr)
+        return EXIT_CONTRADICTED
+    return 0
+
+
 def cmd_collect(args) -> int:
     from .collect import collect
     n = collect(Path(args.dir))
@@ -236,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out")
     sp.add_argument("--no-png", action="store_true")
     sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("claims", help="the verdicts of the study's claims (recomputed into claims.parquet)")
+    sp.add_argument("dir")
+    sp.add_argument("--strict", action="store_true", help="exit 1 when any claim is contradicted")
+    sp.set_defaults(fn=cmd_claims)
 
     sp = sub.add_parser("collect", help="rebuild the tables from the Ray Tune experiment folders")
     sp.add_argument("dir")

@@ -14,9 +14,11 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from .bestepoch import BestEpoch
 from .metrics.base import EvalContext
 from .models import build_model, count_parameters
 from .provenance import environment
+from .spec.selection import VAL_PREFIX, val_options
 from .spec.validate import validate_trial
 from .stats import encode
 from .train import fit
@@ -88,21 +90,40 @@ def outcome_record(o: dict) -> dict:
             "consistent": None if con is None else encode(con.cpu().numpy())}
 
 
-def due(options, epoch: int) -> bool:
-    """Whether a metric is also taken after this (1-based) training epoch: listed in its
-    `at_epochs` (hessian), or a multiple of its `every_epochs` (every metric)."""
+def due_every(options, epoch: int, last: int) -> bool:
+    """Whether an `every_epochs: k` metric runs on the validation split after this (1-based)
+    epoch: every k-th, and the last, so a selection always weighs the final weights too."""
     every = getattr(options, "every_epochs", None)
-    return epoch in (getattr(options, "at_epochs", None) or ()) or bool(every and epoch % every == 0)
+    return bool(every) and (epoch % every == 0 or epoch == last)
+
+
+def _take(ctx: EvalContext, m, options, prefix: str, metrics: dict, rows: list[dict]) -> None:
+    """Run metric `m` now; its scalars join the epoch's row (named `prefix` + scalar) and, like
+    its curve rows, become `@epoch` curve rows tagged with the epoch."""
+    e = metrics["epoch"]
+    res = m.obj(ctx, options)
+    key = f"time.{m.name}@epoch_s"
+    metrics[key] = metrics.get(key, 0.0) + res.seconds
+    scalars = {prefix + k: v for k, v in res.scalars.items()}
+    metrics.update(scalars)
+    rows.extend({"metric": f"{k}@epoch", "x": e, "x_title": "epoch", "value": v, "epoch": e}
+                for k, v in scalars.items())
+    rows.extend({**r, "metric": f"{prefix}{r['metric']}@epoch", "epoch": e} for r in res.curves)
 
 
 def at_epochs_hook(parsed, model, data, device, on_epoch: Callable, *,
                    artifacts: Path | None = None) -> tuple[Callable, list[dict]]:
-    """Wrap fit's epoch callback so metrics with `every_epochs: k` or `at_epochs: [..]` (e.g.
-    hessian) are also taken after those epochs, as Yao et al. track the spectrum during training.
+    """Wrap fit's epoch callback so metrics are also taken during training:
+
+    * `at_epochs: [..]` (hessian): after those epochs, on the metric's own split, as Yao et al.
+      track the spectrum during training; scalars keep their names (`hessian.top1`);
+    * `every_epochs: k` (every metric): after every k-th epoch and the last, on the validation
+      split (spec.selection), scalars named `val.<scalar>` (`val.robustness.pgd.auc`), so
+      they never mix with the final test-split numbers and `train.select` can read them.
 
     Each scalar `k` becomes a curve row {metric: "k@epoch", x: epoch, x_title: "epoch", value,
-    epoch}, each of the metric's own curve rows gets "@epoch" appended to its metric name and
-    an `epoch` column; the scalars also ride on that epoch's report (epochs.parquet). The
+    epoch}, each of the metric's own curve rows gets "@epoch" appended to its (prefixed) name
+    and an `epoch` column; the scalars also ride on that epoch's report (epochs.parquet). The
     metric template restores the model's mode before training goes on. Rows live in memory:
     after a worker restart the earlier epochs' rows are only in epochs.parquet.
     """
@@ -113,18 +134,15 @@ def at_epochs_hook(parsed, model, data, device, on_epoch: Callable, *,
         return on_epoch, rows
     ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
                       batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed)
+    last = sum(s.epochs for s in parsed.stages)
 
     def hooked(metrics: dict, get_state: Callable) -> None:
         e = metrics["epoch"]
         for m in timed:
-            if not due(m.options, e):
-                continue
-            res = m.obj(ctx, m.options)
-            metrics[f"time.{m.name}@epoch_s"] = res.seconds
-            metrics.update(res.scalars)
-            rows.extend({"metric": f"{k}@epoch", "x": e, "x_title": "epoch", "value": v, "epoch": e}
-                        for k, v in res.scalars.items())
-            rows.extend({**r, "metric": f"{r['metric']}@epoch", "epoch": e} for r in res.curves)
+            if e in (getattr(m.options, "at_epochs", None) or ()):
+                _take(ctx, m, m.options, "", metrics, rows)
+            if due_every(m.options, e, last):
+                _take(ctx, m, val_options(m.options), VAL_PREFIX, metrics, rows)
         on_epoch(metrics, get_state)
 
     return hooked, rows
@@ -152,8 +170,12 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
         on_model(model)
     resume = reporter.restore()
     t_train = time.perf_counter()
-    on_epoch, epoch_curves = at_epochs_hook(parsed, model, data, device, reporter.epoch, artifacts=artifacts)
+    best = BestEpoch.for_trial(parsed, model, resume)
+    report = best.wrap(reporter.epoch) if best is not None else reporter.epoch
+    on_epoch, epoch_curves = at_epochs_hook(parsed, model, data, device, report, artifacts=artifacts)
     fs = fit(parsed, model, data, device, on_epoch=on_epoch, resume=resume)
+    # Evaluated, and saved as the final weights (model.pt), are the selected epoch's.
+    selected = best.load_best() if best is not None else {}
     train_s = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     model.eval()
@@ -163,6 +185,7 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     eval_s = time.perf_counter() - t_eval
     final = {k: json_safe(v) for k, v in scalars.items()}
     final.update(timings)
+    final.update({k: json_safe(v) for k, v in selected.items()})
     last = fs.history[-1] if fs.history else {}
     final.update({
         "final": True,

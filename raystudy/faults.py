@@ -10,7 +10,7 @@ from .errors import StudyError
 
 FAULT_ENV = "RAYSTUDY_FAULT"
 DRIVER_FAULTS = ("driver-sigint", "driver-sigkill")
-FAULT_KINDS = ("kill", "raise", "oom", "nan", *DRIVER_FAULTS)
+FAULT_KINDS = ("kill", "raise", "oom", "nan", "leak", *DRIVER_FAULTS)
 
 
 def parse_faults(text: str | None) -> list[dict]:
@@ -20,6 +20,8 @@ def parse_faults(text: str | None) -> list[dict]:
     raise@1        a RuntimeError after epoch 1
     oom@1          a torch.OutOfMemoryError after epoch 1
     nan@1          a NonFiniteLoss after epoch 1 (a diverged trial)
+    leak@0         after its final report the trial leaves process-wide state behind
+                   (see leak_process_state): the next trial in a reused worker must not see it
     driver-sigint@2, driver-sigkill@2
                    the driver signals itself when a trial reports epoch 2, once another
                    trial has completed in this run (Ctrl-C / a crash)
@@ -69,3 +71,24 @@ def faults_for(trial: dict) -> list[dict]:
                 continue
         faults.append(f)
     return faults
+
+
+LEAK_ENV = "RAYSTUDY_LEAKED"
+
+
+def leak_process_state() -> None:
+    """What a careless method or metric could leave behind in its worker: float64 as torch's
+    default dtype (the next model would be built in float64), deterministic kernels, oneDNN
+    off, a different thread count, reseeded global RNGs and an environment variable."""
+    import random
+
+    import numpy as np
+    import torch
+    torch.set_default_dtype(torch.float64)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.mkldnn.enabled = False
+    torch.set_num_threads(max(1, torch.get_num_threads() + 1))
+    torch.manual_seed(12345)
+    np.random.seed(12345)
+    random.seed(12345)
+    os.environ[LEAK_ENV] = "1"

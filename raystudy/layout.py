@@ -41,6 +41,10 @@ CURVES = "curves.parquet"
 EPOCHS = "epochs.parquet"
 OUTCOMES = "outcomes.parquet"
 TRANSFER = "transfer.parquet"
+# Per-example outcomes of the metrics (which evaluated images were right), see analysis/paired.py.
+OUTCOMES = "outcomes.parquet"
+# The verdicts of the study's claims (analysis/claims.py).
+CLAIMS = "claims.parquet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
 ERROR_FILE = "error.txt"

@@ -174,7 +174,7 @@ def _tuner(study: StudyDocument, layout: Layout, name: str, trials: list[dict] |
             max_concurrent_trials=max_concurrent or study.spec.tune.max_concurrent,
             trial_name_creator=lambda tr: tr.config["trial"]["trial_id"],
             trial_dirname_creator=lambda tr: tr.config["trial"]["trial_id"],
-            reuse_actors=False,
+            reuse_actors=study.spec.tune.reuse_workers,
             **extra,
         ),
         run_config=tune.RunConfig(
@@ -237,6 +237,26 @@ def _searcher(search, layout: Layout, weights: dict[str, str], faults: list[dict
         return _ray_trials([t], layout.resume_points([t.trial_id]), {t.trial_id: warm} if warm else {}, faults, code)[0]
 
     return search.make_searcher(prepare)
+
+
+def _claims(study: StudyDocument, out: Path, verbose: bool) -> None:
+    """The study's claims recomputed from its tables into claims.parquet, verdicts printed. A
+    problem here never fails the run: `raystudy claims DIR` recomputes them."""
+    if not study.spec.claims:
+        return
+    try:
+        from analysis.claim_views import text_table
+        from analysis.claims import write_claims
+    except ImportError:  # analysis is optional for running studies
+        return
+    try:
+        df = write_claims(out)
+    except StudyError as e:
+        if verbose:
+            _say(f"raystudy: claims not evaluated ({e.render()}); `raystudy claims {out}` retries")
+        return
+    if verbose and df is not None:
+        _say("raystudy: claims (claims.parquet):\n" + text_table(df))
 
 
 def _fit(study: StudyDocument, layout: Layout, todo: list[Trial], store: ResultStore, summary: RunSummary, *,
@@ -330,5 +350,6 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
                 _record_plan(study, layout, search)
                 summary.best = search.best_text()
     _after_steps(study, layout.out, verbose)
+    _claims(study, layout.out, verbose)
     summary.wall_s = time.perf_counter() - t0
     return summary

@@ -59,6 +59,24 @@ def quick_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int =
     return (correct / len(x)).item()
 
 
+@torch.no_grad()
+def validation_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 1000) -> dict:
+    """`val_accuracy` and `val_loss` (mean cross-entropy) on the whole validation split, logged
+    after every epoch so `train.select` can pick an epoch without extra metrics."""
+    if len(x) == 0:
+        return {"val_accuracy": float("nan"), "val_loss": float("nan")}
+    was = model.training
+    model.eval()
+    correct = torch.zeros((), device=x.device)
+    loss = torch.zeros((), device=x.device)
+    for i in range(0, len(x), bs):
+        logits = model(x[i:i + bs]).float()
+        correct += (logits.argmax(1) == y[i:i + bs]).sum()
+        loss += nn.functional.cross_entropy(logits, y[i:i + bs], reduction="sum")
+    model.train(was)
+    return {"val_accuracy": (correct / len(x)).item(), "val_loss": (loss / len(x)).item()}
+
+
 EpochCallback = Callable[[dict, Callable[[], dict]], None]
 
 
@@ -181,7 +199,7 @@ def _run_epoch(loop: _Loop, st: _Stage, e: int) -> dict:
         "lr": state.lr,
         # Events a curriculum reacts to, so its steps can be read off the tables.
         "lr_milestone": st.milestones,
-        "val_accuracy": quick_accuracy(loop.model, loop.data.x_val, loop.data.y_val),
+        **validation_scores(loop.model, loop.data.x_val, loop.data.y_val),
         "augment.rotation": float(state.augment.rotation),
         "augment.translation": float(state.augment.translation),
         "epoch_time_s": time.perf_counter() - t0,

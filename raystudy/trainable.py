@@ -27,7 +27,8 @@ import torch
 from ray import tune
 
 from .execute import json_safe, run_trial, set_threads
-from .faults import faults_for
+from .faults import faults_for, leak_process_state
+from .isolation import fresh_trial
 from .layout import MODEL_FILE, STATE_FILE
 from .spec.paths import canonical
 from .train import NonFiniteLoss
@@ -91,24 +92,28 @@ class TuneReporter:
 
     def _extras(self) -> dict:
         return {"resumed_from_epoch": self.resumed_from_epoch,
-                # Which node ran the trial: shows how a cluster spread the study.
+                # Which node and process ran the trial: shows how a cluster spread the
+                # study, and which trials shared a reused worker.
                 "node_id": _node_id(),
+                "worker_pid": os.getpid(),
                 "_history": json.dumps([{k: json_safe(v) for k, v in h.items()} for h in self.history])}
 
     def final(self, metrics: dict) -> None:
         metrics = {**metrics, **self._extras()}
         if self.model is None:
             tune.report(metrics)
-            return
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, os.path.join(d, MODEL_FILE))
-            if self.every and self._last_state is not None:
-                # The runner keeps one checkpoint per trial: this one, with the metrics it
-                # belongs to; the training state rides along so a trial whose end was not
-                # recorded (the driver died) resumes here instead of from scratch.
-                torch.save(self._last_state(), os.path.join(d, STATE_FILE))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(state, os.path.join(d, MODEL_FILE))
+                if self.every and self._last_state is not None:
+                    # The runner keeps one checkpoint per trial: this one, with the metrics it
+                    # belongs to; the training state rides along so a trial whose end was not
+                    # recorded (the driver died) resumes here instead of from scratch.
+                    torch.save(self._last_state(), os.path.join(d, STATE_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        if not self.restored and any(f["kind"] == "leak" for f in self.faults):
+            leak_process_state()
 
     def failed(self, reason: str) -> None:
         last = self.history[-1] if self.history else {}
@@ -156,8 +161,14 @@ def _node_id() -> str | None:
 
 
 def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> None:
-    _quiet_worker_logs()
     trial = config["trial"]
+    # A reused worker ran other trials before this one: start from a fresh worker's state.
+    with fresh_trial(int(trial["config"].get("seed", 0))):
+        _run(trial, bundles, cpus)
+
+
+def _run(trial: dict, bundles: dict | None, cpus: float) -> None:
+    _quiet_worker_logs()
     set_threads(cpus)
     bundle = bundles[data_key(trial["config"].get("data", {}))]
     train_cfg = trial["config"].get("train", {})

@@ -65,6 +65,7 @@ def scheduled(options: str = "") -> str:
         keys[k] = v
     body = ", ".join(f"{k}: {v}" for k, v in keys.items())
     return edit("  epochs: 1", "  epochs: 2").replace("resources:", f"tune: {{scheduler: {{{body}}}}}\nresources:")
+CLAIM = "claims:\n  - {name: c, compare: {%s, expect: less}}\n"
 
 # (id, study text, path the message must name, words it must contain)
 VALIDATE_CASES = [
@@ -171,6 +172,13 @@ VALIDATE_CASES = [
      "tune.scheduler.metric", "val_accuracy needs a validation split"),
     ("tracking-typo", GOOD + "tracking: {tensorbord: true}\n", "tracking.tensorbord", "did you mean 'tensorboard'"),
     ("tracking-wandb-mode", GOOD + "tracking: {wandb: {mode: offlien}}\n", "tracking.wandb.mode", "'offline'"),
+    # claims (issue 16): unknown metrics, paths and values, each with its key path
+    ("claim-unknown-metric", GOOD + CLAIM % "metric: acuracy, a: {seed: 0}, b: {seed: 1}",
+     "claims.0.compare.metric", "did you mean 'accuracy'"),
+    ("claim-unknown-path", GOOD + CLAIM % "metric: accuracy, a: {train.method.nme: natural}, b: {seed: 1}",
+     "claims.0.compare.a.train.method.nme", "did you mean 'train.method.name'"),
+    ("claim-unknown-value", GOOD + CLAIM % "metric: accuracy, a: {seed: 2}, b: {seed: 1}",
+     "claims.0.compare.a.seed", "no trial has seed = 2"),
 ]
 
 

@@ -120,6 +120,37 @@ def test_metric_contract(name, trained, syn):
     assert_uncertainty_contract(res)
 
 
+# Option sets beside the contract cases whose outputs depend on them (names, acc_at, norms, kinds).
+OUTPUT_CASES = [(name, opts) for name, opts in METRIC_CASES.items()] + [
+    ("accuracy", {"splits": ["test", "train"]}),
+    ("robustness", {"attack": "pgd", "eps": [0, 0.1], "acc_at": [0.05, 8 / 255], "steps": 1, "n": 8, "name": "x"}),
+    ("robustness", {"attack": "pgd_l2", "eps": [0, 0.5], "steps": 1, "n": 8}),
+    ("invariance", {"kind": "translation", "levels": [0, 0.2], "n": 8}),
+    ("invariance", {"angles": [90], "t180": False, "n": 8}),
+    ("hessian", {"samples": 8, "batch_size": 8, "top_n": 2, "max_iter": 2, "trace": False}),
+    ("svd_universal", {"n_fit": 4, "n_eval": 4, "attacks": ["fgsm"], "l2": [], "linf": [0.1], "random_draws": 1}),
+    ("perturbation_covariance", {"attack": "pgd", "steps": 1, "n": 8}),
+    ("lrc_noise", {"decay_lengths": [2.0, 5.5], "strengths": [0.1], "k": 1, "n": 8}),
+    ("spatial_attack", {"modes": ["random"], "n": 8, "surface": {"angles": [30], "eps": [0, "8/255"], "steps": 1}}),
+    ("spatial_attack", {"modes": ["grid"], "grid_angles": 1, "translation": 1, "n": 8}),
+]
+
+
+@pytest.mark.parametrize("name,opts", OUTPUT_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OUTPUT_CASES)])
+def test_metric_declares_exactly_what_it_writes(name, opts, trained, syn):
+    """`outputs(options)` is what claims are validated against before Ray starts: it must name
+    every scalar and curve `compute` writes under those options, and nothing else."""
+    entry = METRICS.get(name)
+    o = entry.schema.model_validate(opts)
+    res = entry.obj(EvalContext(trained, syn, CPU), o)
+    scalars, curves = entry.obj.outputs(o)
+    if not len(syn.x_val):
+        # A split without images measures nothing (the next test), so it writes no accuracy.val.
+        scalars = [s for s in scalars if s != "accuracy.val"]
+    assert sorted(scalars) == sorted(res.scalars)
+    assert sorted(curves) == sorted({row["metric"] for row in res.curves})
+
+
 @pytest.mark.parametrize("name", METRICS.names())
 def test_metric_on_an_empty_subset_measures_nothing(name, trained, syn):
     assert len(syn.x_val) == 0

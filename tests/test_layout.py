@@ -83,11 +83,11 @@ def test_every_reader_uses_the_one_rule(tmp_path):
 def test_the_plan_is_computed_once_per_load(monkeypatch, tmp_path):
     import raystudy.spec.plan as plan_mod
     calls: list[str] = []
-    real = plan_mod.validate_trial
 
-    def counting(config, file=None):
-        calls.append(file)
-        return real(config, file=file)
+    class Counting(plan_mod.TrialValidator):
+        def __call__(self, config, sections=()):
+            calls.append(self.file)
+            return super().__call__(config, sections)
 
     composed: list[int] = []
     real_node = yaml.SafeLoader.get_single_node
@@ -96,7 +96,7 @@ def test_the_plan_is_computed_once_per_load(monkeypatch, tmp_path):
         composed.append(1)
         return real_node(self)
 
-    monkeypatch.setattr(plan_mod, "validate_trial", counting)
+    monkeypatch.setattr(plan_mod, "TrialValidator", Counting)
     monkeypatch.setattr(yaml.SafeLoader, "get_single_node", compose_once)
     study = load_study(QUICKSTART)
     n = len(study.trials)

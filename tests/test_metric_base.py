@@ -86,11 +86,16 @@ def test_every_epochs_and_at_epochs_take_metrics_during_training():
     final = run_trial({"trial_id": "t", "params": {}, "config": cfg}, load(DataSpec(**data)), rep)
     rows = json.loads(final["_curves"])
     at = {r["metric"]: sorted(x["x"] for x in rows if x["metric"] == r["metric"]) for r in rows}
-    assert at["accuracy.val@epoch"] == [2, 4]
-    assert at["hessian.top1@epoch"] == [1, 3]
+    # every_epochs: on the validation split, every k-th epoch and the last, named `val.<scalar>`;
+    # at_epochs: on the metric's own split, under the scalar's own name.
+    assert at["val.accuracy.val@epoch"] == [2, 4]
+    assert at["val.hessian.top1@epoch"] == [3, 4]
+    assert at["hessian.top1@epoch"] == [1]
     assert all(r["x_title"] == "epoch" for r in rows if r["metric"].endswith("@epoch"))
     # The scalars ride on their epoch's report, with the time they took.
-    assert [("accuracy.val" in e, "hessian.top1" in e) for e in rep.epochs] == \
-        [(False, True), (True, False), (False, True), (True, False)]
-    assert all(e["time.accuracy@epoch_s"] > 0 for e in rep.epochs if "accuracy.val" in e)
+    assert [("val.accuracy.val" in e, "val.hessian.top1" in e, "hessian.top1" in e) for e in rep.epochs] == \
+        [(False, False, True), (True, False, False), (False, True, False), (True, True, False)]
+    assert all(e["time.accuracy@epoch_s"] > 0 for e in rep.epochs if "val.accuracy.val" in e)
+    # The validation numbers during training are never the final test-split ones.
+    assert not any(k.startswith("val.") for k in final)
     assert "accuracy.val" in final and final["time.accuracy_s"] > 0

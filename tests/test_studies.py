@@ -165,6 +165,10 @@ def _run_smoke(name, tmp_path):
     assert summary.completed == len(study.trials)
     tables = load(summary.out)
     assert (tables.trials["status"] == "completed").all()
+    # The run ends with a verdict for each of the paper's claims (claims.parquet).
+    claims = tables.extra["claims"]
+    assert list(claims["claim"]) == [c.name for c in study.spec.claims]
+    assert set(claims["verdict"]) <= {"supported", "contradicted", "inconclusive"}
     return study, tables
 
 
@@ -211,6 +215,11 @@ def test_cusp_smoke_runs_through_ray(ray_local, tmp_path):
     # The curriculum moved at its milestone: (90°, 0.05) then (180°, 0.1).
     assert list(cusp["method.theta"]) == [90, 180]
     assert list(cusp["method.eps"]) == pytest.approx([0.05, 0.1])
+    # Robust validation after every epoch; each row evaluated its last stage's best epoch.
+    assert ep["val.robustness.pgd.auc"].between(0, 1).all()
+    assert (t["selected_by"] == "val.robustness.pgd.auc").all()
+    assert t.loc["Aug 180 -> PGD", "selected_epoch"] == 2 and t.loc["natural", "selected_epoch"] == 1
+    assert t.loc["CuSP (PGD)", "selected_epoch"] in (1, 2)
     # The report's CuSP table and Pareto chart build from these tables.
     _charts_build(study, tables)
 
@@ -246,6 +255,10 @@ def test_adversarial_vs_invariance_smoke_runs_through_ray(ray_local, tmp_path):
                 "invariance.translation.auc", "invariance.rotation_translation.auc"):
         assert t[col].between(0, 1).all(), col
     _same_subset_checks(tables)
+    # One epoch: robust validation after it, and it is the selected one.
+    assert tables.epochs["val.robustness.pgd.auc"].between(0, 1).all()
+    assert (t["selected_epoch"] == 1).all() and (t["selected_value"] == tables.epochs.set_index(
+        "trial_id").loc[t["trial_id"], "val.robustness.pgd.auc"].values).all()
     # The PGD accuracy profile cannot rise with ε on the same inputs beyond the attack's noise:
     # at ε = 0 it is the clean accuracy, the largest value of the profile.
     rob = _curve(tables, "robustness.pgd")

@@ -23,9 +23,13 @@ class AccuracyOptions(MetricOptions):
 
 class Accuracy(Metric):
     """Top-1 accuracy; `accuracy` is the test split, others are `accuracy.<split>`."""
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def subsets(self, o: AccuracyOptions):
         return [(s, o.n) for s in ([o.split] if o.split else o.splits)]
+
+    def outputs(self, o: AccuracyOptions):
+        return ["accuracy" if s == "test" else f"accuracy.{s}" for s, _ in self.subsets(o)], []
 
     def compute(self, run: Run, o: AccuracyOptions) -> MetricResult:
         key = "accuracy" if run.split == "test" else f"accuracy.{run.split}"

@@ -60,6 +60,24 @@ class EvalContext:
     artifacts: Path | None = None  # where a metric may save files (e.g. a universal direction)
     trial: Any = None              # the ParsedTrial, for metrics that need the config
     extra: dict = field(default_factory=dict)
+    # The fast path (train.eval_amp / train.eval_compile, taken from `trial` when given):
+    # bf16 autocast around, and a compiled model inside, the metrics that allow it.
+    amp: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        train = getattr(getattr(self.trial, "cfg", None), "train", None)
+        if train is not None:
+            self.amp = self.amp or train.eval_amp
+            self.compile = self.compile or train.eval_compile
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """torch.compile(model), made once per context (the compiled graphs are reused by
+        every metric of the trial; eval mode and frozen parameters are part of its guards)."""
+        key = ("compiled", id(model))
+        if key not in self.extra:
+            self.extra[key] = torch.compile(model)
+        return self.extra[key]
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A seeded generator on the device: two models see the same random draws."""
@@ -86,7 +104,8 @@ class MetricOptions(Options):
     n: int | None = Field(1000, ge=1, description="images of the split, a seeded subset (null: all)")
     seed: int = Field(0, description="seed of the subset (and of the metric's own draws where it says so)")
     batch_size: int | None = Field(None, ge=1, description="images per pass (default: train.eval_batch_size)")
-    every_epochs: int | None = Field(None, ge=1, description="also take it after every k-th training epoch "
+    every_epochs: int | None = Field(None, ge=1, description="also take it on the validation split after every "
+                                                             "k-th training epoch and the last, as val.<scalar> "
                                                              "(null: only after training)")
 
 
@@ -148,10 +167,18 @@ class Metric:
     """Template of a metric: subclasses set `x_title` (what their curves' x means, unless
     each row sets its own) and write `compute`; `subsets` says which (split, n) to draw
     when that is not the options' `split` and `n` (accuracy measures several splits);
-    `proportions` are the curve columns that get a Wilson interval."""
+    `proportions` are the curve columns that get a Wilson interval.
+
+    `fast_path`: the metric may run under `train.eval_amp` (bf16 autocast around `compute`)
+    and `train.eval_compile` (`run.model` compiled). Only metrics whose own arithmetic
+    outside the model has no matmul or convolution set it (autocast would round those to
+    bf16 too): attacks, forward passes, elementwise statistics. A check that must not see
+    reduced precision (a zero-gradient fraction: bf16 underflow would pass for gradient
+    masking) wraps its pass in `torch.autocast(device, enabled=False)`, which wins inside."""
 
     x_title: ClassVar[str] = "x"
     proportions: ClassVar[tuple[str, ...]] = PROPORTIONS
+    fast_path: ClassVar[bool] = False
 
     def subsets(self, o: MetricOptions) -> list[tuple[str, int | None]]:
         return [(o.split, o.n)]
@@ -159,11 +186,19 @@ class Metric:
     def compute(self, run: Run, o: MetricOptions) -> MetricResult:
         raise NotImplementedError
 
+    def outputs(self, o: MetricOptions) -> tuple[list[str], list[str]]:
+        """What `compute` writes under these options: (scalar names, curve `metric` names).
+        A study's claims are checked against them before Ray starts (raystudy/spec/claims.py);
+        the contract test holds every metric to what it declares."""
+        raise NotImplementedError(f"metric {type(self).__name__} does not declare its outputs")
+
     def __call__(self, ctx: EvalContext, o: MetricOptions) -> MetricResult:
         t0 = time.perf_counter()
         res = MetricResult()
         bs = o.batch_size or ctx.batch_size
-        with evaluation_mode(ctx.model) as model:
+        with evaluation_mode(ctx.model) as model, self._precision(ctx):
+            if self.fast_path and ctx.compile:
+                model = ctx.compiled(model)
             for split, n in self.subsets(o):
                 x, y = ctx.subset(split, n, o.seed)
                 if len(x) == 0:
@@ -195,6 +230,12 @@ class Metric:
         for row in part.curves:
             at = (row.get("metric"), float(row["x"])) if isinstance(row.get("x"), (int, float)) else None
             add_intervals(row, sizes.get(at, len(run.x)), self.proportions)
+
+
+    def _precision(self, ctx: EvalContext):
+        if not (self.fast_path and ctx.amp):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
 
 
 @contextlib.contextmanager

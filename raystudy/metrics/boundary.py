@@ -51,6 +51,11 @@ class BoundaryDistance(Metric):
     average over every test point: `boundary.all.l2` ([0, 1] pixel units),
     `boundary.all.l2_normalized` (‖δ/σ‖ with σ the model's per-channel normalization) and
     `boundary.all.success_rate` (fooled / all)."""
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
+
+    def outputs(self, o: BoundaryOptions):
+        return ["boundary.l2", "boundary.l2_rel", "boundary.success_rate", "boundary.n",
+                "boundary.all.l2", "boundary.all.l2_normalized", "boundary.all.success_rate"], []
 
     def compute(self, run: Run, o: BoundaryOptions) -> MetricResult:
         x, y = run.x, run.y

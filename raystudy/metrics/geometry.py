@@ -96,6 +96,10 @@ class PerturbationPCA(Metric):
 
     x_title = "principal angle index"
 
+    def outputs(self, o: PerturbationPCAOptions):
+        return [f"perturbation_pca.{k}" for k in ("min_angle", "mean_angle", "random_min_angle",
+                                                  "adversarial_energy", "rotation_energy")], ["perturbation_pca"]
+
     def compute(self, run: Run, o: PerturbationPCAOptions) -> MetricResult:
         ctx, x = run.ctx, run.x
         adv = adversarial_perturbations(run.model, x, run.y, o, ctx.seed, run.batch_size)
@@ -174,6 +178,10 @@ class PerturbationCovariance(Metric):
     """
 
     x_title = "pixel displacement"
+
+    def outputs(self, o: PerturbationCovarianceOptions):
+        names = [f"perturbation_covariance.{n}" for n in (o.attack, "data")]
+        return [f"perturbation_covariance.{o.attack}.mean_energy_fraction"] + [f"{n}.decay_length" for n in names], names
 
     def compute(self, run: Run, o: PerturbationCovarianceOptions) -> MetricResult:
         ctx, x = run.ctx, run.x
@@ -274,6 +282,10 @@ class LRCNoise(Metric):
     """
 
     x_title = "noise standard deviation per pixel ([0, 1] pixel units)"
+
+    def outputs(self, o: LRCNoiseOptions):
+        names = [f"lrc_noise.l{_tag(lam)}" for lam in o.decay_lengths]
+        return [f"{n}.{k}" for n in names for k in ("accuracy", "mean_accuracy")], names
 
     def compute(self, run: Run, o: LRCNoiseOptions) -> MetricResult:
         x, y = run.x, run.y

@@ -242,6 +242,12 @@ class Hessian(Metric):
     def subsets(self, o: HessianOptions):
         return [(o.split, o.samples)]
 
+    def outputs(self, o: HessianOptions):
+        scalars = [f"hessian.top{k}{s}" for k in range(1, (o.top_n or 0) + 1) for s in ("", "_residual")]
+        if o.trace:
+            scalars += ["hessian.trace", "hessian.trace_se", "hessian.trace_n"]
+        return scalars, (["hessian.density"] if o.density else [])
+
     def compute(self, run: Run, o: HessianOptions) -> MetricResult:
         res = MetricResult()
         device = run.ctx.device

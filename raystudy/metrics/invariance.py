@@ -117,6 +117,7 @@ class Invariance(Metric):
     random transform. Scalars: `invariance.<name>.auc` (mean rate over the grid's range),
     `.accuracy_auc`, and for rotation `spatial_accuracy.t180` (the CuSP table's
     spatial accuracy)."""
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def compute(self, run: Run, o: InvarianceOptions) -> MetricResult:
         res = MetricResult()
@@ -147,6 +148,16 @@ class Invariance(Metric):
                                  _transformed(run.model, x, clean, angles, None, bs), clean)[0]
             res.scalars["spatial_accuracy.t180"] = t180
         return res
+
+    def outputs(self, o: InvarianceOptions):
+        key = f"invariance.{o.label}"
+        scalars, curves = ([f"{key}.auc", f"{key}.accuracy_auc"], [key]) if o.grid() else ([], [])
+        if o.angles is not None:
+            scalars += [f"{key}.fixed.min", f"{key}.fixed.mean"]
+            curves.append(f"{key}.fixed")
+        if o.kind == "rotation" and o.t180:
+            scalars.append("spatial_accuracy.t180")
+        return scalars, curves
 
     @staticmethod
     def _fixed(run: Run, o: InvarianceOptions, clean, res: MetricResult) -> None:

@@ -175,6 +175,14 @@ def step_rule(o: RobustnessOptions, hp: dict, epss: list[float]) -> tuple[str | 
     return rule, {e: float(pgd_step(e, opts)) for e in epss}
 
 
+def _acc_at(o: RobustnessOptions, norm: str) -> list[float]:
+    """The ε of the `acc@<ε>` scalars: the declared ones, else the CuSP table's 8/255 (none
+    for an L2 attack, where 8/255 is no budget)."""
+    if o.acc_at is not None:
+        return list(o.acc_at)
+    return [] if norm == "L2" else [8 / 255]
+
+
 class Robustness(Metric):
     """Robustness profile (Kamath et al., invariance vs robustness; CuSP Sec. 2 and 4):
     per ε, accuracy and consistency under the attack on the true label, and the papers'
@@ -186,13 +194,12 @@ class Robustness(Metric):
 
     # Curve columns that are proportions of the subset (for Wilson intervals).
     proportions = PROPORTIONS + ("not_fooled",)
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def compute(self, run: Run, o: RobustnessOptions) -> MetricResult:
         info = get_attack(o.attack)
         norm = o.norm or info.norm
-        acc_at = [8 / 255] if o.acc_at is None else list(o.acc_at)
-        if o.acc_at is None and norm == "L2":
-            acc_at = []  # 8/255 is an L∞ budget; L2 studies declare their own
+        acc_at = _acc_at(o, norm)
         epss = sorted({float(e) for e in list(o.eps) + acc_at})
         hp = {k: getattr(o, k) for k in attack_parameters() if getattr(o, k, None) is not None}
         clean = run.predict()
@@ -219,6 +226,12 @@ class Robustness(Metric):
         for e in acc_at:
             res.scalars[f"{key}.acc@{eps_label(float(e))}"] = rows[float(e)][0]
         return res
+
+    def outputs(self, o: RobustnessOptions):
+        key = f"robustness.{o.label}"
+        acc_at = _acc_at(o, o.norm or get_attack(o.attack).norm)
+        return ([f"{key}.auc", f"{key}.consistency_auc", f"{key}.not_fooled_auc"] + [f"{key}.acc@{eps_label(float(e))}" for e in acc_at],
+                [key])
 
 
 robustness = METRICS.register("robustness", RobustnessOptions)(Robustness())

@@ -130,6 +130,14 @@ class SpatialAttack(Metric):
 
     x_title = "random transforms per input (k)"
 
+    def outputs(self, o: SpatialAttackOptions):
+        scalars = [f"spatial_attack.{m}.accuracy" for m in o.modes]
+        scalars += ["spatial_attack.grid.transforms"] if "grid" in o.modes else []
+        curves = ["spatial_attack.worst_of_k"] if "worst_of_k" in o.modes else []
+        if o.surface is not None:
+            curves += sorted({surface_metric(float(e)) for e in o.surface.eps})
+        return scalars, curves
+
     def compute(self, run: Run, o: SpatialAttackOptions) -> MetricResult:
         x, y, bs = run.x, run.y, run.batch_size
         res = MetricResult()

@@ -153,6 +153,7 @@ class SVDUniversal(Metric):
     the direction and choose its sign (the one that fools more of them, per norm); the rest
     score it, so no evaluation image has a say in the perturbation it is scored with.
     """
+    fast_path = True    # attacks and forward passes only: may run under eval_amp / eval_compile
 
     def subsets(self, o: SVDUniversalOptions):
         return [(o.split, o.n_fit + o.n_eval)]
@@ -181,6 +182,18 @@ class SVDUniversal(Metric):
                     _profile(score, v, f"svd_universal.{a}" + ("" if norm == "l2" else ".linf"), norm, sizes,
                              max(sizes) if at is None else at, res)
         return res
+
+
+    def outputs(self, o: SVDUniversalOptions):
+        scalars, curves = ["svd_universal.clean_accuracy"], []
+        for a in o.attacks:
+            scalars.append(f"svd_universal.{a}.top_energy")
+            for sizes, metric in ((o.l2, f"svd_universal.{a}"), (o.linf, f"svd_universal.{a}.linf")):
+                if sizes:
+                    curves.append(metric)
+                    scalars += [f"{metric}.{k}" for k in ("fooling_rate", "accuracy", "fooling_rate_random",
+                                                          "accuracy_random")]
+        return scalars, curves
 
 
 @dataclass
@@ -285,6 +298,9 @@ class InvariantDirections(Metric):
     """
 
     x_title = "rotation (degrees)"
+
+    def outputs(self, o: InvariantDirectionsOptions):
+        return [f"invariant_directions.{k}" for k in ("angle", "cosine", "top_energy")], ["invariant_directions"]
 
     def compute(self, run: Run, o: InvariantDirectionsOptions) -> MetricResult:
         res = MetricResult()

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ..errors import StudyError, pydantic_errors, raise_all, suggest
 from ..registry import SECTIONS
 from .paths import get_path, set_path
+from .claims import check_claims
 from .plan import Plan, make_plan
 from .schema import StudySpec, TrialConfig
 from .space import OPERATORS
@@ -188,7 +189,18 @@ def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None,
     if expand_trials:
         study.plan  # noqa: B018 - computed (and every trial validated) now
         check_tuning(study)
+        if spec.claims:
+            check_claims(study, _as_written(raw, file, marks) if doc is not raw else None)
     return study
+
+
+def _as_written(raw: dict, file: str, marks: dict | None) -> StudyDocument | None:
+    """The study without --smoke / --profile / --set, for claims that name what a variant
+    pins or drops (their verdict then says so; see spec/claims.py)."""
+    try:
+        return StudyDocument(file=file, spec=StudySpec.model_validate(raw), raw=raw, marks=marks or {})
+    except ValidationError:
+        return None
 
 
 __all__ = ["load_study", "load_document", "StudyDocument", "parse_set", "apply_overrides",

@@ -84,3 +84,31 @@ def plain_json(obj: Any) -> Any:
 def digest(flat: dict) -> str:
     """A short hash of a flat {path: value} record (the base fingerprint in study.json)."""
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def set_path_shared(d: dict, path: str, value: Any, owned: dict[int, Any]) -> None:
+    """set_path on a tree that shares containers with other trees: a container on the way that
+    `owned` (id -> container this tree holds a private copy of; the caller lists `d`) does not
+    list is copied before it changes, so the shared ones never do. Same errors as set_path."""
+    parts = path.split(".")
+    cur: Any = d
+    for part in parts[:-1]:
+        k = _key(cur, part)
+        if isinstance(cur, dict) and (k not in cur or cur[k] is None):
+            nxt: Any = {}
+        else:
+            nxt = cur[k]
+            if not isinstance(nxt, (dict, list)):
+                raise TypeError(f"'{part}' holds a value, not a section")
+            if id(nxt) in owned:
+                cur = nxt
+                continue
+            nxt = dict(nxt) if isinstance(nxt, dict) else list(nxt)
+        owned[id(nxt)] = nxt
+        cur[k] = nxt
+        cur = nxt
+    last = parts[-1]
+    if isinstance(cur, list):
+        cur[int(last)] = value
+    else:
+        cur[last] = value

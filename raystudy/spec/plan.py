@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import StudyError, StudyErrors, raise_all
+from .configs import gc_paused
 from .paths import digest, flatten, plain_json, set_path
 from .space import ONLY, OPERATORS, Trial, _operator, expand
-from .validate import ParsedTrial, validate_trial
+from .validate import ParsedTrial, TrialValidator
 from .yamlfile import with_line
 
 # A broken study usually repeats one mistake in every trial: show this many at most.
@@ -63,30 +64,35 @@ def base_fingerprint(base: dict, space: dict, varied: set[str]) -> dict[str, Any
 
 
 def validate_trials(trials: list[Trial], file: str, marks: dict | None = None) -> dict[str, ParsedTrial]:
-    """Every trial validated once; all distinct mistakes (up to MAX_ERRORS) raised together."""
+    """Every trial validated (each distinct section once, see TrialValidator); all distinct
+    mistakes (up to MAX_ERRORS) raised together."""
     parsed: dict[str, ParsedTrial] = {}
     errors: list[StudyError] = []
     seen: set[str] = set()
-    for t in trials:
-        try:
-            parsed[t.trial_id] = validate_trial(t.config, file=file)
-            continue
-        except StudyErrors as e:
-            errs = e.errors
-        except StudyError as e:
-            errs = [e]
-        for err in (with_line(x, marks) for x in errs):
-            if err.render() in seen:
-                continue
-            seen.add(err.render())
-            if t.params:
-                err = StudyError(err.raw + f" [in trial {t.trial_id}: {t.describe()}]",
-                                 file=err.file, path=err.path, expected=err.expected, hint=err.hint)
-            errors.append(err)
-        if len(errors) >= MAX_ERRORS:
-            break
+    validate = TrialValidator(file)
+    with gc_paused():
+        for t in trials:
+            try:
+                parsed[t.trial_id] = validate(t.config, t.sections)
+            except StudyError as e:
+                _add_errors(errors, seen, e, t, marks)
+                if len(errors) >= MAX_ERRORS:
+                    break
     raise_all(errors)
     return parsed
+
+
+def _add_errors(errors: list[StudyError], seen: set[str], exc: StudyError, t: Trial, marks: dict | None) -> None:
+    """The mistakes of one trial that earlier trials did not show already (`seen`), with its
+    line and, when the space varies, which trial it was."""
+    for err in (with_line(x, marks) for x in (exc.errors if isinstance(exc, StudyErrors) else [exc])):
+        if err.render() in seen:
+            continue
+        seen.add(err.render())
+        if t.params:
+            err = StudyError(err.raw + f" [in trial {t.trial_id}: {t.describe()}]",
+                             file=err.file, path=err.path, expected=err.expected, hint=err.hint)
+        errors.append(err)
 
 
 def make_plan(study) -> Plan:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from .tunespec import SchedulerSpec, SearchSpec, TrackingSpec
+from .claimspec import ClaimSpec
 from .types import Angle
 
 # Marks a field added after studies had already run (see new_field).
@@ -87,6 +88,23 @@ class StageSpec(Strict):
     schedule: dict[str, Any] | None = None
 
 
+class SelectSpec(Strict):
+    """`train.select`: keep the weights of the epoch where a validation scalar was best and
+    evaluate those (early stopping on robust validation accuracy, Rice et al. 2020,
+    "Overfitting in adversarially robust deep learning"). `by` is `val_accuracy`, `val_loss`
+    (logged every epoch) or a `val.`-prefixed scalar of an `every_epochs` metric."""
+
+    by: str = Field(min_length=1)
+    mode: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _loss_is_minimized(self):
+        # The default `max` would silently keep the worst epoch of a loss.
+        if self.by.endswith("loss") and "mode" not in self.model_fields_set:
+            raise ValueError(f"'{self.by}' is a loss: say which epoch is best with mode: min (or max)")
+        return self
+
+
 class TrainSpec(Strict):
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1)
@@ -107,6 +125,12 @@ class TrainSpec(Strict):
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    # Best-epoch selection (SelectSpec); the final weights (model.pt) are the selected ones.
+    select: SelectSpec | None = new_field(None)
+    # The same for the metrics that declare they allow it (attacks and forward passes; see
+    # metrics.base.Metric.fast_path): the model's forward and backward in bf16 / compiled.
+    eval_amp: bool = new_field(False)
+    eval_compile: bool = new_field(False)
 
     @field_validator("optimizer", "schedule", "method")
     @classmethod
@@ -162,6 +186,9 @@ class TuneSpec(Strict):
     # A search algorithm and an early-stopping scheduler (spec/tunespec.py); not trial config.
     search: SearchSpec | None = None
     scheduler: SchedulerSpec | None = None
+    # Run the next trial in the same worker process (raystudy.isolation resets what a trial
+    # could leave behind); false starts a fresh process per trial (about 2 s more each).
+    reuse_workers: bool = True
 
 
 def _device(v: str) -> str:
@@ -214,6 +241,9 @@ class StudySpec(Strict):
     after: list[Any] = Field(default_factory=list)
     # Copies of every trial's numbers in TensorBoard / MLflow / W&B (spec/tunespec.py).
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    # What the papers claim, as comparisons and trends with a verdict after every run
+    # (spec/claimspec.py, analysis/claims.py); study-level: never part of a trial's id.
+    claims: list[ClaimSpec] = Field(default_factory=list)
 
     _check_device = field_validator("device")(classmethod(lambda cls, v: _device(v)))
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from ..errors import StudyError
 from . import expr as expr_mod
-from .paths import canonical, fast_copy, flatten, set_path
-from .schema import TRIAL_KEYS
+from .configs import Configs, gc_paused, is_config_path, memo_key
+from .paths import canonical, fast_copy, flatten
 
 OPERATORS = ("grid", "choice", "uniform", "loguniform", "randint", "expr", "zip")
 ONLY = "__only__"   # the rows a zip is restricted to (see _operator)
@@ -46,6 +46,9 @@ class Trial:
     config: dict[str, Any]          # the resolved TrialConfig as a plain dict
     index: int = 0
     free: dict[str, Any] = field(default_factory=dict)
+    # canonical() text of each config section, in sorted key order, as `expand` computed it
+    # for the id: plan's validation finds a section it has validated before by it.
+    sections: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.params.items())
@@ -56,11 +59,10 @@ class Trial:
 
 def trial_hash(config: dict, free: dict) -> str:
     """A trial's identity: its resolved config (plus free variables). Order-free."""
-    return hashlib.sha1(canonical({"config": config, "free": free}).encode()).hexdigest()[:10]
+    return _hash(canonical({"config": config, "free": free}))
 
 
-def _is_path(key: str) -> bool:
-    return key.split(".")[0] in TRIAL_KEYS
+_is_path = is_config_path
 
 
 def _operator(key: str, entry: Any, file: str) -> tuple[str, Any]:
@@ -197,6 +199,10 @@ class _Entries:
     consts: dict[str, Any] = field(default_factory=dict)
     exprs: dict[str, str] = field(default_factory=dict)
     expr_order: list[str] = field(default_factory=list)
+    expr_names: dict[str, list[str]] = field(default_factory=dict)
+    # An expression's value by the values of the names it reads: a 100,000-trial grid
+    # evaluates `0.05 * train.batch_size / 128` for a handful of distinct batch sizes.
+    expr_memo: dict[tuple, Any] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
 
 
@@ -224,6 +230,7 @@ def _entries(space: dict, file: str) -> _Entries:
         else:
             es.consts[key] = arg
     es.expr_order = _order_exprs(es.exprs, file)
+    es.expr_names = {k: sorted(expr_mod.names_in(v)) for k, v in es.exprs.items()}
     es.order = [str(k) for k in space]
     _check_order(space, file)
     return es
@@ -238,13 +245,15 @@ def _check_size(n_grid: int, num_samples: int, file: str) -> None:
                          expected=f"at most {MAX_TRIALS} trials", hint="split the study or shrink the grid")
 
 
-def _values(es: _Entries, combo: tuple, rng: random.Random, base_flat: dict, file: str) -> dict[str, Any]:
+def _values(es: _Entries, combo: tuple, rng: random.Random | None, base_flat: dict, file: str) -> dict[str, Any]:
     """Every entry's value at one grid point and sample, in declaration order."""
     values: dict[str, Any] = dict(es.consts)
     for (k, _), v in zip(es.grids, combo):
         values[k] = v
     for k, (op, arg) in es.sampled.items():
         values[k] = _draw(op, arg, rng)
+    if not es.expr_order:
+        return {k: values[k] for k in es.order if k in values}
     # Build the environment for expressions: base config, then varied values.
     env = dict(base_flat)
     for k, v in values.items():
@@ -254,38 +263,62 @@ def _values(es: _Entries, combo: tuple, rng: random.Random, base_flat: dict, fil
         else:
             env[k] = v
     for k in es.expr_order:
-        try:
-            values[k] = _plain(expr_mod.evaluate(es.exprs[k], env))
-        except StudyError as e:
-            raise e.located(file=file, prefix=f"space.{k}.expr") from None
-        env[k] = values[k]
+        values[k] = env[k] = _expr_value(es, k, env, file)
     # Applied in the order the space declares them: a later entry may set a path inside
     # what an earlier one set (a zipped train.method, then train.method.eps), whether
     # the later one is a grid or a constant (a grid pinned by --set).
     return {k: values[k] for k in es.order if k in values}
 
 
-def _trial(base: dict, values: dict[str, Any], consts: dict[str, Any], idx: int, file: str) -> Trial:
-    config = fast_copy(base)
+_MISSING = object()
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _expr_value(es: _Entries, k: str, env: dict, file: str) -> Any:
+    # The memo key tells inputs apart as JSON does: 2 and 2.0 give different results (and ids).
+    key: tuple | None = (k, *(memo_key(env.get(n, _MISSING)) for n in es.expr_names[k]))
+    try:
+        if key in es.expr_memo:
+            return es.expr_memo[key]
+    except TypeError:      # a list or mapping among the inputs: evaluated every time
+        key = None
+    try:
+        v = _plain(expr_mod.evaluate(es.exprs[k], env))
+    except StudyError as e:
+        raise e.located(file=file, prefix=f"space.{k}.expr") from None
+    if key is not None and type(v) in _SCALARS:
+        es.expr_memo[key] = v
+    return v
+
+
+def _trial(values: dict[str, Any], consts: dict[str, Any], idx: int, configs: Configs,
+           is_path: dict[str, bool]) -> Trial:
     params: dict[str, Any] = {}
     free: dict[str, Any] = {}
+    writes: list[tuple[str, Any, str]] = []
     for k, v in values.items():
         if isinstance(v, dict) and "__index__" in v:
             params[k] = free[k] = v["__index__"]
             for p, pv in v.items():
                 if p != "__index__":
                     params[p] = pv
-                    _set(config, p, pv, file, k)
-        elif _is_path(k):
+                    writes.append((p, pv, k))
+        elif is_path[k]:
             params[k] = v
-            _set(config, k, v, file, k)
+            writes.append((k, v, k))
         else:
             params[k] = free[k] = v
     # Constants are part of every trial; show only what varies in params.
     for k in consts:
         if k in params and not isinstance(consts[k], dict):
             params.pop(k)
-    return Trial(trial_id=trial_hash(config, free), params=params, config=config, index=idx, free=free)
+    config, sections, text = configs.build(writes, free)
+    # `text` is canonical({"config": config, "free": free}), as trial_hash would make it.
+    return Trial(trial_id=_hash(text), params=params, config=config, index=idx, free=free, sections=sections)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def expand(study) -> list[Trial]:
@@ -297,14 +330,18 @@ def expand(study) -> list[Trial]:
     keys = [k for k, _ in es.grids]
     _check_size(math.prod(len(v) for _, v in es.grids), spec.tune.num_samples, file)
     combos = list(itertools.product(*[v for _, v in es.grids])) if es.grids else [()]
+    configs = Configs(base, file)
+    is_path = {k: _is_path(k) for k in es.order}
     trials: list[Trial] = []
-    for sample in range(spec.tune.num_samples):
-        for combo in combos:
-            # Seeded by the grid point's values, not its position: widening a grid must not
-            # change the draws (and so the ids) of trials that already ran.
-            rng = random.Random(f"{spec.tune.seed}:{sample}:{canonical(list(zip(keys, combo)))}")
-            values = _values(es, combo, rng, base_flat, file)
-            trials.append(_trial(base, values, es.consts, len(trials), file))
+    with gc_paused():
+        for sample in range(spec.tune.num_samples):
+            for combo in combos:
+                # Seeded by the grid point's values, not its position: widening a grid must not
+                # change the draws (and so the ids) of trials that already ran.
+                rng = random.Random(f"{spec.tune.seed}:{sample}:{canonical(list(zip(keys, combo)))}") \
+                    if es.sampled else None
+                values = _values(es, combo, rng, base_flat, file)
+                trials.append(_trial(values, es.consts, len(trials), configs, is_path))
     # Two identical trials (e.g. an expr that collapses two grid values) run once.
     unique: dict[str, Trial] = {}
     for t in trials:
@@ -318,14 +355,5 @@ def trial_from_values(study, values: dict[str, Any], base: dict | None = None) -
     file = study.file
     es = _entries(study.spec.space or {}, file)
     chosen = {k: values[k] if k in values else es.consts[k] for k in es.order if k in values or k in es.consts}
-    return _trial(study.base_config() if base is None else base, chosen, es.consts, 0, file)
-
-
-def _set(config: dict, path: str, value: Any, file: str, key: str) -> None:
-    if not _is_path(path):
-        raise StudyError(f"'{path}' is not a config path", file=file, path=f"space.{key}",
-                         expected="a path starting with " + "/".join(sorted(TRIAL_KEYS)))
-    try:
-        set_path(config, path, fast_copy(value))
-    except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise StudyError(f"cannot set '{path}' ({e})", file=file, path=f"space.{key}") from None
+    configs = Configs(study.base_config() if base is None else base, file)
+    return _trial(chosen, es.consts, 0, configs, {k: _is_path(k) for k in chosen})

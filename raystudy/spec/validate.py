@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from ..errors import StudyError, StudyErrors, pydantic_errors, raise_all
 from ..registry import DATASETS, METHODS, METRICS, MODELS, OPTIMIZERS, SCHEDULES, Registry
-from .schema import AugmentSpec, InitFrom, TrialConfig, TrainSpec
+from .schema import AugmentSpec, DataSpec, InitFrom, TrialConfig, TrainSpec
+from .selection import check_during_training
 
 INIT_FROM = "train.init_from"
 
@@ -196,10 +197,115 @@ def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
     init_from = attempt(parse_init_from, cfg.train.init_from) if cfg.train.init_from is not None else None
     metrics: list[Named] = []
     items = attempt(metric_items, cfg.evaluate, file) or []
+    paths: list[str] = []
     for name, opts, path in items:
         n = attempt(_named, METRICS, {"name": name, **opts}, path, "name", file)
         if n is not None:
             metrics.append(n)
+            paths.append(path)
+    if not errors:
+        errors.extend(check_during_training(cfg, list(zip(metrics, paths))))
     # Entry errors are located relative to the trial; add the file.
     raise_all([e if e.file else e.located(file=file) for e in errors])
     return ParsedTrial(cfg=cfg, model=model, stages=stages, metrics=metrics, init_from=init_from)
+
+
+# ------------------------------------------------------------- many trials of one study
+
+def _collect(fn, *args):
+    """Run fn, raising every StudyError its `attempt` collected (as validate_trial does)."""
+    errors: list[StudyError] = []
+
+    def attempt(f, *a):
+        try:
+            return f(*a)
+        except StudyErrors as e:
+            errors.extend(e.errors)
+        except StudyError as e:
+            errors.append(e)
+        return None
+
+    out = fn(attempt, *args)
+    raise_all(errors)
+    return out
+
+
+def _data_section(d: dict) -> DataSpec:
+    data = DataSpec.model_validate(d)
+    DATASETS.get(data.dataset, "data.dataset")
+    return data
+
+
+def _train_section(attempt, d: dict, file: str | None) -> tuple:
+    t = TrainSpec.model_validate(d)
+    init_from = attempt(parse_init_from, t.init_from) if t.init_from is not None else None
+    return t, _stages(t, attempt, file), init_from
+
+
+def _metrics_section(evaluate: list, file: str | None) -> list[tuple[Named, str]]:
+    """The parsed metrics with their key paths (`evaluate.1.robustness`)."""
+    return [(_named(METRICS, {"name": name, **opts}, path, "name", file), path)
+            for name, opts, path in metric_items(evaluate, file)]
+
+
+# Trial.sections holds one text per config section, in this (sorted) order.
+_SECTIONS = tuple(sorted(TrialConfig.model_fields))
+_SECTION_SET = frozenset(_SECTIONS)
+_AT = {name: i for i, name in enumerate(_SECTIONS)}
+
+
+class TrialValidator:
+    """validate_trial for the many trials of one study, each distinct section validated once.
+
+    A 100,000-trial grid has a few distinct `data`, `model` and `evaluate` sections and one
+    `train` section per hyperparameter point: each is checked against the schema and its
+    registries the first time its canonical text (Trial.sections, from expand) shows up, and
+    the result is shared by every trial with the same text (read-only, like the configs). A
+    trial with any failing section goes through validate_trial, so what a mistake reports
+    does not depend on this cache.
+    """
+
+    def __init__(self, file: str | None = None):
+        self.file = file
+        self._memo: dict[tuple[str, str], Any] = {}
+
+    def __call__(self, config: dict, sections: tuple[str, ...] = ()) -> ParsedTrial:
+        if len(sections) != len(_SECTIONS) or config.keys() != _SECTION_SET:
+            return validate_trial(config, self.file)
+        try:
+            return self._reuse(config, sections)
+        except (StudyError, ValidationError):
+            return validate_trial(config, self.file)
+
+    @property
+    def validated(self) -> dict[str, int]:
+        """How many distinct sections of each kind were validated so far."""
+        out: dict[str, int] = {}
+        for name, _ in self._memo:
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    def _once(self, name: str, text: str, make):
+        key = (name, text)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = make()
+        return hit
+
+    def _reuse(self, config: dict, text: tuple[str, ...]) -> ParsedTrial:
+        file = self.file
+        data = self._once("data", text[_AT["data"]], lambda: _data_section(config["data"]))
+        train, stages, init_from = self._once("train", text[_AT["train"]],
+                                              lambda: _collect(_train_section, config["train"], file))
+        # Validated instances are taken as they are (pydantic does not revalidate them): only
+        # seed, device, model and evaluate are checked per trial here.
+        cfg = TrialConfig.model_validate({**config, "data": data, "train": train})
+        model = self._once("model", text[_AT["model"]], lambda: _named(MODELS, cfg.model, "model", "arch", file))
+        metrics = self._once("evaluate", text[_AT["evaluate"]], lambda: _metrics_section(cfg.evaluate, file))
+        # every_epochs / train.select read data, train and evaluate together: checked per trial
+        # (cheap), and a trial that fails goes through validate_trial for its located errors.
+        if (train.select is not None or any(m.options.every_epochs for m, _ in metrics)) \
+                and check_during_training(cfg, metrics):
+            return validate_trial(config, file)
+        return ParsedTrial(cfg=cfg, model=model, stages=stages, metrics=[m for m, _ in metrics],
+                           init_from=init_from)
