@@ -85,7 +85,8 @@ def test_step_rule_reaches_the_trials_table(tmp_path):
     from raystudy.execute import NullReporter, run_trial
     from raystudy.results import CURVES, TRIALS, ResultStore
     from raystudy.spec.schema import DataSpec
-    data = {"dataset": "synthetic", "train_size": 64, "test_size": 32, "val_fraction": 0.25}   # every_epochs measures on the validation split
+    # every_epochs measures on the validation split
+    data = {"dataset": "synthetic", "train_size": 64, "test_size": 32, "val_fraction": 0.25}
     cfg = {"seed": 0, "device": "cpu", "data": data,
            "model": {"arch": "stdcnn_mnist", "channels": [4, 4, 8, 8], "hidden": 16},
            "train": {"epochs": 1, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.003}},

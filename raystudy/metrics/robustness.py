@@ -230,7 +230,8 @@ class Robustness(Metric):
     def outputs(self, o: RobustnessOptions):
         key = f"robustness.{o.label}"
         acc_at = _acc_at(o, o.norm or get_attack(o.attack).norm)
-        return ([f"{key}.auc", f"{key}.consistency_auc", f"{key}.not_fooled_auc"] + [f"{key}.acc@{eps_label(float(e))}" for e in acc_at],
+        return ([f"{key}.auc", f"{key}.consistency_auc", f"{key}.not_fooled_auc"]
+                + [f"{key}.acc@{eps_label(float(e))}" for e in acc_at],
                 [key])
 
 
