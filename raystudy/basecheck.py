@@ -28,6 +28,8 @@ def plan_record(study: StudyDocument) -> dict:
         "base_hash": plan.base_hash,
         "varied": sorted(plan.varied),
         "report": study.spec.report,
+        # The health options the trials were judged with (`raystudy status` re-judges with them).
+        "health": study.spec.health.model_dump(),
         "trials": [t.to_ray() for t in plan.trials],
     }
 

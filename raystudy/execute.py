@@ -14,10 +14,12 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from .health import HealthOptions
 from .metrics.base import EvalContext
 from .models import build_model, count_parameters
 from .spec.validate import validate_trial
 from .train import fit
+from .training_health import training_checks
 
 
 class Reporter(Protocol):
@@ -55,10 +57,13 @@ def json_safe(v: Any) -> Any:
     return v
 
 
-def evaluate(parsed, model, data, device, *, artifacts: Path | None = None) -> tuple[dict, list, dict]:
-    """Run every declared metric; returns (scalars, curve rows, seconds per metric)."""
+def evaluate(parsed, model, data, device, *, artifacts: Path | None = None,
+             health: HealthOptions | None = None) -> tuple[dict, list, dict]:
+    """Run every declared metric; returns (scalars, curve rows, seconds per metric). With
+    `health`, metrics that have health checks (robustness, hessian) also measure them."""
     ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
-                      batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed)
+                      batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed,
+                      extra={"health": health} if health is not None else {})
     scalars: dict[str, Any] = {}
     curves: list[dict] = []
     timings: dict[str, float] = {}
@@ -141,7 +146,10 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     train_s = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     model.eval()
-    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts)
+    # The study's `health:` section rides beside the config (it is not part of the trial's id).
+    health = HealthOptions.model_validate(trial.get("health") or {})
+    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts, health=health)
+    scalars.update(training_checks(fs.history, model, data, health, cfg.seed))
     curves = epoch_curves + curves
     eval_s = time.perf_counter() - t_eval
     final = {k: json_safe(v) for k, v in scalars.items()}

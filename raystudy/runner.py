@@ -119,12 +119,16 @@ def _load_data(study: StudyDocument, todo: list[Trial]) -> dict:
     return bundles
 
 
-def _ray_trials(todo: list[Trial], resume: dict, weights: dict, faults: list[dict]) -> list[dict]:
+def _ray_trials(todo: list[Trial], resume: dict, weights: dict, faults: list[dict],
+                health: dict | None = None) -> list[dict]:
     """The trial dicts Ray gets: the trial (id, params, config: what the id hashes) plus what
-    the driver worked out for it: where it resumes, its warm-start weights, test faults."""
+    the driver worked out for it: where it resumes, its warm-start weights, test faults, and
+    the study's `health:` options (study-level, so outside the config and the id)."""
     trials = []
     for t in todo:
         d = t.to_ray()
+        if health is not None:
+            d["health"] = health
         if t.trial_id in resume:
             d["resume_from"] = resume[t.trial_id]
         if t.trial_id in weights:
@@ -188,7 +192,8 @@ def _fit(study: StudyDocument, layout: Layout, todo: list[Trial], store: ResultS
     check_resources(study.spec.resources, study.file)
     from .progress import StudyCallback
     cb = StudyCallback(store, summary, len(todo), verbose, driver_faults)
-    tuner = _tuner(study, layout, _ray_trials(todo, resume, weights, worker_faults), bundles, cb, max_concurrent)
+    trials = _ray_trials(todo, resume, weights, worker_faults, study.spec.health.model_dump())
+    tuner = _tuner(study, layout, trials, bundles, cb, max_concurrent)
     with quiet_tune():
         tuner.fit()
     if cb.recorded < len(todo):
@@ -202,7 +207,7 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
     t0 = time.perf_counter()
     layout = Layout(Path(results) / study.name)
     moved = _open_folder(study, layout, force_new, verbose)
-    store = ResultStore(layout.out)
+    store = ResultStore(layout.out, health=study.spec.health)
     write_json_atomic(plan_record(study), layout / PLAN)
     summary = RunSummary(out=layout.out, total=len(study.trials), moved_to=moved)
     todo = _to_run(study, store, summary, retry_failed)

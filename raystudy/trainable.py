@@ -101,10 +101,10 @@ class TuneReporter:
             torch.save(state, os.path.join(d, MODEL_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, values: dict | None = None) -> None:
         last = self.history[-1] if self.history else {}
         tune.report({"final": True, "_failed": reason, "epochs_run": last.get("epoch", self.resumed_from_epoch),
-                     **self._extras()})
+                     **(values or {}), **self._extras()})
 
     def restore(self) -> dict | None:
         state = None
@@ -163,4 +163,5 @@ def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> N
     try:
         run_trial(trial, bundle, reporter, on_model=keep_model)
     except NonFiniteLoss as e:
-        reporter.failed(f"NonFiniteLoss: {e}")
+        # The nonfinite_loss health check's value: the trial stopped on a NaN/inf loss.
+        reporter.failed(f"NonFiniteLoss: {e}", {"health.nonfinite_loss": 1.0})

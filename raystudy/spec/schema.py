@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from ..health import HealthOptions
 from .types import Angle
 
 # Marks a field added after studies had already run (see new_field).
@@ -205,6 +206,8 @@ class StudySpec(Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Study-level steps that run after all trials (e.g. transfer attacks).
     after: list[Any] = Field(default_factory=list)
+    # Which health checks run and their tolerances (raystudy.health); not part of a trial's id.
+    health: HealthOptions = Field(default_factory=HealthOptions)
 
     _check_device = field_validator("device")(classmethod(lambda cls, v: _device(v)))
 
