@@ -16,7 +16,7 @@ install: $(STAMP)
 # with the versions pyproject.toml installs (see docs/INSTALL notes in README).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,tune,tracking]"
 	$(BIN)/pip install -q --no-deps escnn==1.0.11 torchattacks==3.5.1 pyhessian==0.1
 	@touch $(STAMP)
 
@@ -32,7 +32,9 @@ test-all: $(STAMP)
 smoke: $(STAMP)
 	for f in studies/*.yaml; do $(BIN)/raystudy run $$f --smoke --results results/smoke || exit 1; done
 
+# Foolbox is a benchmark-only reference: the `bench` extra installs it.
 bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -60,8 +60,11 @@ def aggregate(df: pd.DataFrame, by: Sequence[str] | str | None, values: Sequence
 
 
 def band(agg: pd.DataFrame, kind: str = "ci") -> pd.DataFrame:
-    """Add `lo`/`hi` columns for a chart band: ci (95% CI), std (mean ± std), none."""
+    """Add `lo`/`hi` columns for a chart band: ci (95% CI), std (mean ± std), none; `given`
+    keeps the lo/hi the caller computed (e.g. a Wilson band)."""
     agg = agg.copy()
+    if kind == "given":
+        return agg
     if kind == "ci":
         agg["lo"], agg["hi"] = agg["ci_low"], agg["ci_high"]
     elif kind == "std":
@@ -71,3 +74,44 @@ def band(agg: pd.DataFrame, kind: str = "ci") -> pd.DataFrame:
     else:
         raise ValueError(f"band must be ci, std or none, got {kind!r}")
     return agg
+
+
+def wilson_band(rows: pd.DataFrame, by: Sequence[str], y: str) -> pd.DataFrame | None:
+    """Per group of `by`: `wlo`, `whi`, the mean over the group's trials of each curve row's 95%
+    Wilson bounds of `y` (columns `<y>_lo`, `<y>_hi`, written by the metric template), and
+    `images`, the mean number of images per point. Each trial's interval holds its value, so the
+    mean interval holds the mean. None when the rows carry no such bounds (recorded before
+    raystudy stored them)."""
+    lo, hi = f"{y}_lo", f"{y}_hi"
+    if lo not in rows.columns or hi not in rows.columns or rows[lo].isna().all():
+        return None
+    cols = {lo: "wlo", hi: "whi", **({"n": "images"} if "n" in rows.columns else {})}
+    num = rows[list(by)].copy()
+    for c in cols:
+        num[c] = pd.to_numeric(rows[c], errors="coerce")
+    out = num.groupby(list(by), dropna=False, sort=False)[list(cols)].mean().reset_index()
+    return out.rename(columns=cols)
+
+
+def profile_band(agg: pd.DataFrame, rows: pd.DataFrame, by: list[str], y: str,
+                 kind: str = "auto") -> tuple[pd.DataFrame, str | None]:
+    """(agg with lo/hi, subtitle or None) for a profile's band of `kind` auto, wilson, ci, std or
+    none (analysis.charts.profile_chart), given the aggregate of `rows` by `by`. Seeds of a study share their
+    images, so the Wilson interval does not shrink with more seeds: with several seeds the band
+    is the wider of it and the seed CI at each point, and never hides either source of error."""
+    w = wilson_band(rows, by, y) if kind in ("auto", "wilson") else None
+    if w is None:
+        if kind == "wilson":
+            raise ValueError(f"curve rows have no Wilson interval of '{y}' ({y}_lo, {y}_hi): recorded "
+                             "before raystudy stored them; use band: ci")
+        return band(agg, "ci" if kind == "auto" else kind), None
+    agg = band(agg, "ci").merge(w, on=by, how="left")
+    imgs = agg["images"].dropna() if "images" in agg.columns else pd.Series(dtype=float)
+    images = "" if imgs.empty else (f" (n={imgs.min():.0f} images)" if imgs.min() == imgs.max()
+                                    else f" (n={imgs.min():.0f}–{imgs.max():.0f} images)")
+    if kind == "wilson" or not (agg["n"] > 1).any():
+        agg["lo"], agg["hi"] = agg["wlo"], agg["whi"]
+        return agg, f"band: 95% Wilson interval over the evaluated images{images}"
+    agg["lo"], agg["hi"] = np.fmin(agg["ci_low"], agg["wlo"]), np.fmax(agg["ci_high"], agg["whi"])
+    seeds = f"{agg['n'].min()}" if agg["n"].min() == agg["n"].max() else f"{agg['n'].min()}–{agg['n'].max()}"
+    return agg, f"band: the wider of the 95% CI over seeds (n={seeds}) and the Wilson interval{images}"

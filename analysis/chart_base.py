@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field
 from raystudy.errors import StudyError, suggest
 from raystudy.registry import CHARTS, Options
 
+from .health import healthy_only
 from .load import Tables
 
 if TYPE_CHECKING:  # altair is imported by the chart modules; the base needs it for hints only
@@ -37,13 +38,15 @@ if TYPE_CHECKING:  # altair is imported by the chart modules; the base needs it 
 
 
 class Chart(Options):
-    """Keys every chart takes: `title:` and `where:` (keep the trials whose config matches,
-    e.g. {train.method.name: pgd_at, seed: [0, 1]})."""
+    """Keys every chart takes: `title:`, `where:` (keep the trials whose config matches,
+    e.g. {train.method.name: pgd_at, seed: [0, 1]}) and `healthy_only:` (leave out the trials
+    judged unhealthy, `health.ok` false; trials never judged stay)."""
 
     model_config = ConfigDict(extra="forbid")
     chart: str
     title: str | None = None
     where: dict[str, Any] = Field(default_factory=dict)
+    healthy_only: bool = False
 
     def describe(self) -> str:
         """What the chart shows, for a heading when the entry has no title."""
@@ -91,7 +94,7 @@ class ChartData:
         df = tables.trials
         for col, val in entry.where.items():
             df = df[df[col].isin(val if isinstance(val, list) else [val])]
-        self.trials = df
+        self.trials = healthy_only(df) if entry.healthy_only else df
         for key in ("color", "column"):
             self.need(getattr(entry, key, None), key)
 

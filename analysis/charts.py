@@ -18,7 +18,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .aggregate import aggregate, band as add_band
+from .aggregate import aggregate, band as add_band, profile_band
 from .pareto import attainment, directions
 
 WIDTH, HEIGHT = 360, 240
@@ -89,7 +89,9 @@ def _clip_rates(agg: pd.DataFrame, raw: pd.Series) -> pd.DataFrame:
     return agg
 
 
-def _band_note(agg: pd.DataFrame, band: str) -> str:
+def _band_note(agg: pd.DataFrame, band: str, note: str | None = None) -> str:
+    if note:
+        return note
     n = agg["n"]
     seeds = f"n={int(n.min())}" if n.min() == n.max() else f"n={int(n.min())}–{int(n.max())}"
     what = {"ci": "band: 95% CI over seeds", "std": "band: mean ± std over seeds", "none": "mean over seeds"}[band]
@@ -98,7 +100,7 @@ def _band_note(agg: pd.DataFrame, band: str) -> str:
 
 def _mean_band(agg: pd.DataFrame, x: str, y_title: str, color: str | None, column: str | None,
                x_title: str, band: str, x_type: str, title: str | None, log_x: bool = False,
-               raw: pd.Series | None = None) -> alt.Chart:
+               raw: pd.Series | None = None, note: str | None = None) -> alt.Chart:
     """Mean line with points and a seed band; the shared body of profile / line / epochs."""
     agg = add_band(agg, band)
     if raw is not None:
@@ -124,23 +126,28 @@ def _mean_band(agg: pd.DataFrame, x: str, y_title: str, color: str | None, colum
     chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT)
     if column:
         chart = chart.facet(column=alt.Column(f[column], type=_nominal_or_ordinal(agg[column]), title=column))
-    return chart.properties(title=_title(title or y_title, _band_note(agg, band)))
+    return chart.properties(title=_title(title or y_title, _band_note(agg, band, note)))
 
 
 def profile_chart(curves: pd.DataFrame, metric: str, *, y: str = "accuracy", color: str | None = None,
-                  column: str | None = None, band: str = "ci", title: str | None = None,
+                  column: str | None = None, band: str = "auto", title: str | None = None,
                   x_title: str | None = None) -> alt.Chart:
     """A robustness (value vs ε) or invariance (value vs θ) profile, seeds aggregated.
 
     `curves`: rows with metric, x, `y` and the config columns named by color/column; the x axis
-    is titled `x_title`, else by the rows' `x_title` column (see curve_x_title).
+    is titled `x_title`, else by the rows' `x_title` column (see curve_x_title). `band`: auto
+    (the 95% Wilson interval over the evaluated images when the rows carry `<y>_lo`/`<y>_hi`,
+    widened to the seed CI where a point has several seeds; else the seed CI), wilson, ci, std,
+    none.
     """
     rows = curves[curves["metric"] == metric]
     if rows.empty:
         raise ValueError(f"no curve rows with metric '{metric}'")
-    agg = aggregate(rows, [c for c in (color, column) if c] + ["x"], y)
-    return _mean_band(agg, "x", y, color, column, x_title or curve_x_title(rows), band, "quantitative",
-                      title or f"{metric}: {y}", raw=rows[y])
+    by = [c for c in (color, column) if c] + ["x"]
+    agg, note = profile_band(aggregate(rows, by, y), rows, by, y, band)
+    shown = "given" if note else ("ci" if band == "auto" else band)
+    return _mean_band(agg, "x", y, color, column, x_title or curve_x_title(rows), shown, "quantitative",
+                      title or f"{metric}: {y}", raw=rows[y], note=note)
 
 
 def line_chart(trials: pd.DataFrame, x: str, y: str, *, color: str | None = None, column: str | None = None,

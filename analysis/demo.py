@@ -6,6 +6,9 @@ Values follow simple formulas (plus seeded noise) so tests can predict them:
   robustness.pgd      accuracy at ε: accuracy · max(0, 1 - ε / (0.05 + 0.25·[pgd_at]))
   invariance.rotation accuracy at θ: accuracy · (1 - 0.5·θ/180 · (1 - rotation/180))
   hessian.top1        = 20 · (1 + [pgd_at]) + noise; hessian.density: a Gaussian bump at top1
+Curve points carry n = 500 images and their Wilson intervals, as the metric template writes them.
+Health: every trial is judged; `UNHEALTHY` (PGD-AT without rotation, seed 1) fails
+`robustness.pgd.gradient_free_gap` (its value 0.12, the others 0.0).
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import numpy as np
 import pandas as pd
 
 from raystudy.results import PLAN, ResultStore, write_atomic, write_json_atomic
+from raystudy.stats import add_intervals
 
 EPS = [0.0, 2 / 255, 4 / 255, 8 / 255, 0.1, 0.2]
 THETAS = [0.0, 30.0, 90.0, 180.0]
+N_IMAGES = 500
+UNHEALTHY = "pgd000s1"
 REPORT = [
     {"chart": "bar", "x": "train.augment.rotation", "y": "accuracy", "color": "train.method.name"},
     {"chart": "profile", "metric": "robustness.pgd", "color": "train.method.name", "column": "train.augment.rotation"},
@@ -61,12 +67,16 @@ def demo_values(trial: dict, rng: np.random.Generator) -> tuple[dict, list[dict]
     curves += [{"metric": "invariance.rotation", "x": t, "x_title": "θ (degrees)",
                 "accuracy": acc * (1 - 0.5 * t / 180 * (1 - rot / 180)),
                 "consistency": 1 - 0.5 * t / 180 * (1 - rot / 180)} for t in THETAS]
+    curves = [add_intervals(c, N_IMAGES) for c in curves]
     grid = np.linspace(-5, 60, 66)
     dens = 0.95 * np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi) + 0.05 * np.exp(-(grid - top1) ** 2 / 2) / np.sqrt(2 * np.pi)
     curves += [{"metric": "hessian.density", "x": float(g), "x_title": "eigenvalue", "density": float(d)}
                for g, d in zip(grid, dens)]
+    bad = trial["trial_id"] == UNHEALTHY
     result = {"accuracy": acc, "accuracy.val": acc - 0.01, "hessian.top1": top1, "wall_time_s": 5.0,
-              "final": True, "_curves": json.dumps(curves)}
+              "final": True, "_curves": json.dumps(curves), "health.did_not_learn_loss_ratio": 0.3,
+              "health.robustness.pgd.gradient_free_gap": 0.12 if bad else 0.0, "health.ok": not bad,
+              "health.flags": "robustness.pgd.gradient_free_gap" if bad else ""}
     epochs = [{"epoch": k, "loss": 2.0 / k, "val_accuracy": acc * (1 - 0.3 / k), "lr": 0.001} for k in (1, 2, 3)]
     return result, curves, epochs
 

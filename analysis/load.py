@@ -28,7 +28,9 @@ from raystudy.results import STANDARD_COLUMNS, config_columns
 
 # trials.parquet columns that are bookkeeping, not configuration or results.
 META_COLUMNS = {"trial_id", "status", "error", "runs", "experiment_tag", "device", "data_source",
-                "epochs_run", "label", "resumed_from_epoch", "epoch_reports"}
+                "epochs_run", "label", "resumed_from_epoch", "epoch_reports", "health.ok", "health.flags"}
+# Provenance (raystudy.provenance): which code and machine made a row, never a metric.
+PROVENANCE_PREFIXES = ("code.", "env.")
 
 
 @dataclass
@@ -101,7 +103,8 @@ class Tables:
         """Numeric per-trial results (accuracy, hessian.top1, timings, ...)."""
         skip = set(self.config_columns) | META_COLUMNS
         return [c for c in self.trials.columns
-                if c not in skip and pd.api.types.is_numeric_dtype(self.trials[c])]
+                if c not in skip and not c.startswith(PROVENANCE_PREFIXES)
+                and pd.api.types.is_numeric_dtype(self.trials[c])]
 
     @property
     def completed(self) -> pd.DataFrame:

@@ -23,6 +23,8 @@ from raystudy.registry import CHARTS, SECTIONS
 from . import report_charts  # noqa: F401 - registers the built-in charts
 from .aggregate import aggregate
 from .chart_base import Chart, ChartData, report_chart
+from .health import (CSS as HEALTH_CSS, has_health, health_html, health_table, judge_tables, left_out_note,
+                     unhealthy_mask)
 from .load import Tables, load, split_ref
 
 VL_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
@@ -129,7 +131,8 @@ def build_chart(tables: Tables, entry: Chart | dict, i: int = 0) -> alt.TopLevel
 def summary_table(tables: Tables, max_metrics: int | None = None) -> pd.DataFrame:
     """Per configuration (seeds pooled): n and 'mean ± std' of the main scalar metrics."""
     done = tables.completed
-    metrics = [m for m in tables.metric_columns if not m.startswith("time.") and not
+    # Health values have their own table (analysis.health); the summary gets a healthy count.
+    metrics = [m for m in tables.metric_columns if not m.startswith(("time.", "health.")) and not
                (m.endswith("_s") and m != "wall_time_s") and m != "num_params"]
     metrics = metrics[:max_metrics] if max_metrics else metrics
     if done.empty or not metrics:
@@ -140,7 +143,11 @@ def summary_table(tables: Tables, max_metrics: int | None = None) -> pd.DataFram
     wide = agg.pivot_table(index="label", columns="value", values="cell", aggfunc="first", sort=False)
     wide = wide[[m for m in metrics if m in wide.columns]]
     seeds = done.groupby("label", sort=False).size().rename("trials")
-    return wide.join(seeds).reset_index()[["label", "trials", *wide.columns]]
+    out = wide.join(seeds)
+    if has_health(done):
+        out["healthy"] = [f"{(~unhealthy_mask(g)).sum()}/{len(g)}" for _, g in done.groupby("label", sort=False)]
+    return out.reset_index()[["label", "trials", *(["healthy"] if "healthy" in out.columns else []),
+                              *wide.columns]]
 
 
 def status_table(tables: Tables) -> pd.DataFrame:
@@ -178,7 +185,12 @@ def _section(tables: Tables, e: Chart, i: int, assets: Path, png: bool) -> tuple
     """One chart's place on the page: (HTML, Vega-Lite spec or None, problem or None); with
     `png`, also its PNG and SVG files."""
     cid = f"chart-{i + 1}"
-    head = f"<h2>{i + 1}. {html.escape(e.title or describe(e))}</h2>"
+    try:
+        note = left_out_note(ChartData(tables, e.model_copy(update={"healthy_only": False}), i).trials) \
+            if e.healthy_only else ""
+    except (StudyError, KeyError, ValueError):
+        note = ""   # the chart's own error says what is wrong
+    head = f"<h2>{i + 1}. {html.escape((e.title or describe(e)) + note)}</h2>"
     try:
         spec = build_chart(tables, e, i).to_dict()
     except (StudyError, KeyError, ValueError) as err:
@@ -216,12 +228,14 @@ def _page(tables: Tables, sections: list[str], specs: dict, extra_html: str, ass
     desc = html.escape(str(tables.plan.get("description") or "").strip())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>raystudy report: {html.escape(tables.name)}</title>
-<style>{CSS}</style>
+<style>{CSS}{HEALTH_CSS}</style>
 <script>{javascript_bundle()}</script></head>
 <body>
 <h1>Study <code>{html.escape(tables.name)}</code></h1>
 <p class="desc">{desc}</p>
 <p id="status">{len(tables.trials)} trials: {html.escape(state)}. Results: <code>{html.escape(str(tables.path))}</code></p>
+<h2>Health</h2>
+{health_html(tables)}
 {''.join(sections)}
 <h2>Summary per configuration</h2>
 <p class="desc">mean ± std over seeds; full table in {assets.name}/summary.csv</p>
@@ -245,7 +259,7 @@ for (const [id, spec] of Object.entries(SPECS)) {{
 
 def build_report(results_dir: Path, out: Path | None = None, png: bool = True) -> Path:
     """Write report.html (+ report/ with one PNG and SVG per chart and CSV tables); returns the HTML path."""
-    tables = load(results_dir)
+    tables = judge_tables(load(results_dir))
     entries = parse_report(tables.report or default_report(tables))
     out = Path(out) if out else Path(results_dir) / "report.html"
     assets = out.parent / out.stem
@@ -261,6 +275,8 @@ def build_report(results_dir: Path, out: Path | None = None, png: bool = True) -
     summary = summary_table(tables)
     summary.to_csv(assets / "summary.csv", index=False)
     tables.completed.drop(columns=["error"], errors="ignore").to_csv(assets / "trials.csv", index=False)
+    if has_health(tables.completed):
+        health_table(tables).to_csv(assets / "health.csv", index=False)
     extra_html = _chart_tables(tables, entries, assets)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_page(tables, sections, specs, extra_html, assets, summary))

@@ -17,6 +17,8 @@ from .chart_base import Chart, ChartData, report_chart
 from .pareto import attainment, directions
 
 Band = Literal["ci", "std", "none"]
+# Profiles also draw the per-point Wilson interval over the evaluated images (charts.profile_chart).
+ProfileBand = Literal["auto", "wilson", "ci", "std", "none"]
 
 
 @report_chart
@@ -59,13 +61,14 @@ class BarChart(Chart):
 
 @report_chart
 class ProfileChart(Chart):
-    """A curve (robustness vs ε, invariance vs θ, ...) with seed bands."""
+    """A curve (robustness vs ε, invariance vs θ, ...) with a Wilson band over the evaluated
+    images and/or a seed band."""
     chart: Literal["profile"]
     metric: str
     y: str = "accuracy"
     color: str | None = None
     column: str | None = None
-    band: Band = "ci"
+    band: ProfileBand = "auto"
 
     def describe(self) -> str:
         return f"{self.metric} ({self.y})"

@@ -33,7 +33,10 @@ def cmd_validate(args) -> int:
             _print_error(e)
             bad += 1
             continue
-        print(f"ok: {f}: study '{study.name}', {len(study.trials)} trials")
+        search = study.spec.tune.search
+        size = (f"tune.search of up to {search.num_samples} trials" if search is not None
+                else f"{len(study.trials)} trials")
+        print(f"ok: {f}: study '{study.name}', {size}")
     return EXIT_BAD_INPUT if bad else 0
 
 
@@ -41,7 +44,12 @@ def cmd_plan(args) -> int:
     study = _load(args, args.file)
     import pandas as pd
     rows = [{"trial_id": t.trial_id, **t.params} for t in study.trials]
-    print(f"study '{study.name}': {len(study.trials)} trials")
+    search = study.spec.tune.search
+    if search is not None:
+        print(f"study '{study.name}': tune.search ({search.name}/{search.sampler}) proposes up to "
+              f"{search.num_samples} trials while it runs; a random draw of the space (validated):")
+    else:
+        print(f"study '{study.name}': {len(study.trials)} trials")
     if args.params:
         from .models import build_model, count_parameters
         counts: dict[str, int] = {}
@@ -82,7 +90,7 @@ def cmd_run(args) -> int:
     try:
         summary = run_study(study, args.results, address=args.address, max_concurrent=args.max_concurrent,
                             dashboard=not args.no_dashboard, retry_failed=args.retry_failed,
-                            force_new=args.force_new)
+                            force_new=args.force_new, code_policy=args.code_policy)
     except KeyboardInterrupt as e:
         s = getattr(e, "summary", None)
         done = f"{s.completed}/{s.total} trials completed" if s else "finished trials are kept"
@@ -94,12 +102,20 @@ def cmd_run(args) -> int:
               f"(completed trials are skipped; unfinished ones continue from their last checkpoint)",
               file=sys.stderr)
         return 130
-    print(f"raystudy: {summary.completed}/{summary.total} trials completed, {summary.failed} failed "
+    stopped = f", {summary.stopped} stopped early" if summary.stopped else ""
+    print(f"raystudy: {summary.completed}/{summary.total} trials completed{stopped}, {summary.failed} failed "
           f"in {summary.wall_s:.1f}s; tables in {summary.out}")
+    if summary.best:
+        print(f"  best: {summary.best}")
+    if summary.experiment is not None:
+        # Ray's own tools read one Tune experiment, not the study folder that holds them all.
+        print(f"  Ray Tune experiment (ExperimentAnalysis, Tuner.restore, tensorboard --logdir): {summary.experiment}")
     for tid, reason in summary.failures:
         print(f"  failed {tid}: {reason}")
     if summary.failed:
         print("  (re-run with --retry-failed to try failed trials again)")
+    if summary.unhealthy:
+        print(f"  {len(summary.unhealthy)} trial(s) recorded unhealthy; `raystudy status {out}` lists them")
     return 0
 
 
@@ -117,12 +133,42 @@ def cmd_status(args) -> int:
     st = trials[trials["trial_id"].isin(ids)] if len(trials) else trials
     done = int((st["status"] == "completed").sum()) if len(st) else 0
     failed = int((st["status"] == "error").sum()) if len(st) else 0
-    print(f"study '{plan['name']}': {total} trials: {done} completed, {failed} failed, "
-          f"{total - done - failed} pending or running")
+    stopped = int((st["status"] == "stopped").sum()) if len(st) else 0
+    print(f"study '{plan['name']}': {total} trials: {done} completed, "
+          + (f"{stopped} stopped early, " if stopped else "")
+          + f"{failed} failed, {total - done - failed - stopped} pending or running")
     if failed:
         for _, r in st[st["status"] == "error"].iterrows():
             print(f"  failed {r['trial_id']}: {r['error']}")
+    _print_unhealthy(st, plan)
+    _print_versions(st)
+    exps = Layout(out).experiments()
+    if exps:
+        print(f"  Ray Tune experiments, newest first (for ExperimentAnalysis / Tuner.restore): "
+              + ", ".join(str(e) for e in exps))
     return 0
+
+
+def _print_unhealthy(trials, plan: dict) -> None:
+    """The completed trials judged unhealthy, with their failed checks (raystudy.healthview)."""
+    from .healthview import describe, rejudge, unhealthy
+    bad = unhealthy(rejudge(trials.to_dict("records"), plan))
+    if not bad:
+        return
+    params = {t["trial_id"]: t.get("params") for t in plan["trials"]}
+    print(f"  {len(bad)} unhealthy (their numbers may not be believable; the `health:` section sets the checks):")
+    for tid, flags in bad:
+        print(f"  unhealthy {describe(tid, params.get(tid), flags)}")
+
+
+def _print_versions(trials) -> None:
+    """The code and package versions the recorded trials were made by (provenance)."""
+    from .provenance import code_record, describe, versions_present
+    if not len(trials):
+        return
+    print(f"code and versions of the recorded trials (this checkout: {describe(code_record())}):")
+    for line in versions_present(trials.to_dict("records")):
+        print(line)
 
 
 def cmd_report(args) -> int:
@@ -174,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     sp.add_argument("--force-new", action="store_true",
                     help="start a fresh results folder (the old one is moved to <study>.old-<time>)")
-    sp.set_defaults(fn=cmd_run)
+    code = sp.add_mutually_exclusive_group()
+    code.add_argument("--rerun-changed-code", dest="code_policy", action="store_const", const="rerun",
+                      help="run again the finished trials that other code made (default: reuse them, with a warning)")
+    code.add_argument("--strict-code", dest="code_policy", action="store_const", const="strict",
+                      help="refuse (exit 2) when finished trials were made by other code")
+    sp.set_defaults(fn=cmd_run, code_policy="reuse")
 
     sp = sub.add_parser("status", help="trials done / failed / pending of a results folder")
     sp.add_argument("dir")

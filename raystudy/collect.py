@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from .errors import StudyError
-from .layout import ERROR_FILE, MODEL_FILE, PARAMS_FILE, PLAN, RESULT_FILE, Layout, newest_checkpoint
+from .layout import (ERROR_FILE, MODEL_FILE, PARAMS_FILE, PLAN, RESULT_FILE, STATE_FILE, STOPPED_FILE, Layout,
+                     newest_checkpoint)
 from .results import ResultStore, error_reason, write_json_atomic
 
 
@@ -51,6 +52,9 @@ def read_trial_dir(tdir: Path) -> dict | None:
         rec.update(status="error", result=finals[-1], error=finals[-1]["_failed"])
     elif (tdir / ERROR_FILE).is_file():
         rec.update(status="error", error=error_reason((tdir / ERROR_FILE).read_text(errors="replace")))
+    elif (tdir / STOPPED_FILE).is_file():
+        last = newest_checkpoint(tdir, STATE_FILE)
+        rec.update(status="stopped", checkpoint=str(last.resolve()) if last else None)
     else:
         return None
     return rec
@@ -88,6 +92,8 @@ def collect(out: Path) -> int:
         extra = {"epoch_reports": len(rec["epochs"])}
         if rec["status"] == "error":
             extra["epochs_run"] = (rec["result"] or {}).get("epochs_run") or (max(seen) if seen else 0)
+        elif rec["status"] == "stopped":
+            extra["epochs_run"] = extra["stopped_at_epoch"] = max(seen) if seen else 0
         store.record(rec["trial"], rec["status"], rec["result"], error=rec["error"], epochs=epochs,
                      checkpoint=rec["checkpoint"], runs=runs[tid], extra=extra, flush=False)
     store.flush()

@@ -17,7 +17,9 @@ import torch
 from .health import HealthOptions
 from .metrics.base import EvalContext
 from .models import build_model, count_parameters
+from .provenance import environment
 from .spec.validate import validate_trial
+from .stats import encode
 from .train import fit
 from .training_health import training_checks
 
@@ -58,9 +60,10 @@ def json_safe(v: Any) -> Any:
 
 
 def evaluate(parsed, model, data, device, *, artifacts: Path | None = None,
-             health: HealthOptions | None = None) -> tuple[dict, list, dict]:
-    """Run every declared metric; returns (scalars, curve rows, seconds per metric). With
-    `health`, metrics that have health checks (robustness, hessian) also measure them."""
+             health: HealthOptions | None = None, outcomes: list | None = None) -> tuple[dict, list, dict]:
+    """Run every declared metric; returns (scalars, curve rows, seconds per metric) and, given a
+    list `outcomes`, appends the metrics' per-example outcomes to it. With `health`, metrics that
+    have health checks (robustness, hessian) also measure them."""
     ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
                       batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed,
                       extra={"health": health} if health is not None else {})
@@ -74,7 +77,18 @@ def evaluate(parsed, model, data, device, *, artifacts: Path | None = None,
         timings[key] = timings.get(key, 0.0) + res.seconds
         scalars.update(res.scalars)
         curves.extend(res.curves)
+        if outcomes is not None:
+            outcomes.extend(res.outcomes)
     return scalars, curves, timings
+
+
+def outcome_record(o: dict) -> dict:
+    """One metric outcome in the JSON the final result carries: the boolean vectors packed
+    (np.packbits) and base64-encoded, with their length n (raystudy.stats)."""
+    con = o.get("consistent")
+    return {"metric": o["metric"], "x": float(o["x"]), "n": len(o["correct"]), "examples": o["examples"],
+            "correct": encode(o["correct"].cpu().numpy()),
+            "consistent": None if con is None else encode(con.cpu().numpy())}
 
 
 def due(options, epoch: int) -> bool:
@@ -146,9 +160,11 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     train_s = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     model.eval()
+    outcomes: list[dict] = []
     # The study's `health:` section rides beside the config (it is not part of the trial's id).
     health = HealthOptions.model_validate(trial.get("health") or {})
-    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts, health=health)
+    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts, health=health,
+                                        outcomes=outcomes)
     scalars.update(training_checks(fs.history, model, data, health, cfg.seed))
     curves = epoch_curves + curves
     eval_s = time.perf_counter() - t_eval
@@ -165,8 +181,11 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
         "wall_time_s": time.perf_counter() - t_start,
         "device": str(device),
         "data_source": bundle.source,
+        # Where it ran: package versions, host, device, the seed torch got (provenance).
+        **environment(device, cfg.seed),
         # Curves travel with the final result so they reach the driver on any cluster.
         "_curves": json.dumps([{k: json_safe(v) for k, v in r.items()} for r in curves]),
+        "_outcomes": json.dumps([outcome_record(o) for o in outcomes]),
     })
     reporter.final(final)
     return final

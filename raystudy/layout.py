@@ -4,11 +4,18 @@
       study.json                          the plan: every trial's id, params and config, the base
       trials.parquet                      one row per trial (results.ResultStore)
       curves.parquet, epochs.parquet      long-format curves, per-epoch logs
+      outcomes.parquet                    per-example outcomes of each curve point (packed bits)
       transfer.parquet                    the matrix of the `after: transfer` step
       tune-<YYYYmmdd-HHMMSS>[-k]/         one Ray Tune experiment per `raystudy run`
-        <trial_id>/params.json, result.json, error.txt
+        <trial_id>/params.json, result.json, error.txt, stopped.json
         <trial_id>/checkpoint_<N>/model.pt   the final weights (the trial's last report)
         <trial_id>/checkpoint_<N>/state.pt   the full training state, every checkpoint_every epochs
+                                             (and beside model.pt; Tune keeps the newest only)
+
+Paths stored in the tables are relative to the results folder (`relative`), so a folder that
+is moved, copied or mounted elsewhere keeps its warm starts and transfer matrix; an absolute
+path written by an older raystudy is read as the same tune-*/... path inside this folder when
+that exists (`local`).
 
 Which checkpoint, for every reader (one rule): a folder already named for the trial (the
 `checkpoint` column of trials.parquet, Tune's own latest checkpoint) if it holds the file;
@@ -32,15 +39,17 @@ PLAN = "study.json"
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 EPOCHS = "epochs.parquet"
+OUTCOMES = "outcomes.parquet"
 TRANSFER = "transfer.parquet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
 ERROR_FILE = "error.txt"
+STOPPED_FILE = "stopped.json"   # the driver's mark on a trial a scheduler stopped early
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 EXPERIMENT_PREFIX = "tune-"
 CHECKPOINT_PREFIX = "checkpoint_"
-TABLES = (TRIALS, CURVES, EPOCHS)
+TABLES = (TRIALS, CURVES, EPOCHS, OUTCOMES)
 
 
 def checkpoint_number(p: Path) -> int:
@@ -96,11 +105,40 @@ class Layout:
 
     # ---------------------------------------------------------------- checkpoints
 
+    def relative(self, path: str | Path | None) -> str | None:
+        """`path` as stored in a table: relative to this folder when inside it."""
+        if path is None or not str(path):
+            return None
+        p = Path(path)
+        if not p.is_absolute():
+            return p.as_posix()
+        for base in (self.out.absolute(), self.out.resolve()):
+            try:
+                return p.relative_to(base).as_posix()
+            except ValueError:
+                continue
+        return str(p)
+
+    def local(self, path: str | Path) -> Path:
+        """A stored path resolved in this folder: relative ones against it; an absolute one
+        from where the folder used to be is re-rooted at its first tune-* part when this
+        folder holds that (a moved or copied folder reads its own files, not the original's)."""
+        p = Path(path)
+        if not p.is_absolute():
+            return self.out / p
+        parts = p.parts
+        for i, part in enumerate(parts):
+            if part.startswith(EXPERIMENT_PREFIX):
+                mine = self.out.joinpath(*parts[i:])
+                if mine.exists():
+                    return mine
+                break
+        return p
+
     def checkpoint(self, trial_id: str, marker: str, named: str | Path | None = None) -> Path | None:
         """The checkpoint folder of `trial_id` holding `marker`, by the module's one rule."""
         if isinstance(named, (str, Path)) and str(named):
-            p = Path(named)
-            p = p if p.is_absolute() else self.out / p
+            p = self.local(named)
             p = p.parent if p.name == marker else p
             if (p / marker).is_file():
                 return p.resolve()

@@ -5,6 +5,7 @@ one progress line per trial. Imported by runner.run_study only when a run starts
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from ray import tune
 
-from .layout import ERROR_FILE, MODEL_FILE, Layout
+from .healthview import verdict, warning_line
+from .layout import ERROR_FILE, MODEL_FILE, STOPPED_FILE, Layout
 from .results import ResultStore, error_reason
 
 
@@ -72,6 +74,10 @@ class StudyCallback(tune.Callback):
         if last.get("_failed"):
             self._failed(trial, last["_failed"], last)
             return
+        if not last:
+            # Complete without a final report: a scheduler (tune.scheduler) stopped it early.
+            self._stopped(trial)
+            return
         self.store.record(trial.config["trial"], "completed", last or None,
                           epochs=self._seen_epochs(tid), checkpoint=self._final_checkpoint(trial),
                           extra={"epoch_reports": len(self.epochs.get(tid, []))})
@@ -80,6 +86,25 @@ class StudyCallback(tune.Callback):
         self.summary.completed += 1
         rf = last.get("resumed_from_epoch") or 0
         self._progress(trial, "done" + (f" (resumed from epoch {rf})" if rf else ""))
+        self._health(trial)
+
+    def _stopped(self, trial) -> None:
+        tid = self._tid(trial)
+        seen = self._seen_epochs(tid)
+        epoch = seen[-1].get("epoch", 0) if seen else 0
+        self.store.record(trial.config["trial"], "stopped", None, epochs=seen,
+                          checkpoint=self._final_checkpoint(trial),
+                          extra={"epochs_run": epoch, "stopped_at_epoch": epoch,
+                                 "epoch_reports": len(self.epochs.get(tid, []))})
+        self.recorded += 1
+        self.summary.stopped += 1
+        try:
+            # So `raystudy collect` tells it from a trial cut off by Ctrl-C (neither has a final report).
+            Path(trial.path).mkdir(parents=True, exist_ok=True)
+            (Path(trial.path) / STOPPED_FILE).write_text(json.dumps({"stopped_at_epoch": epoch}))
+        except (OSError, TypeError):
+            pass
+        self._progress(trial, f"stopped early after epoch {epoch}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed(trial, _trial_error(trial), None, trace=True)
@@ -97,6 +122,15 @@ class StudyCallback(tune.Callback):
         # Tune copies error.txt from its staging folder into the experiment folder.
         where = f"; full trace in {Path(trial.path) / ERROR_FILE}" if trace and trial.path else ""
         self._progress(trial, f"FAILED: {reason}{where}")
+
+    def _health(self, trial) -> None:
+        """One warning line when the trial just recorded was judged unhealthy (raystudy.health)."""
+        t = trial.config["trial"]
+        ok, flags = verdict(self.store.rows.get(t["trial_id"], {}))
+        if ok is False:
+            self.summary.unhealthy.append((t["trial_id"], flags))
+            if self.verbose:
+                _say(warning_line(t["trial_id"], t["params"], flags))
 
     def _final_checkpoint(self, trial) -> str | None:
         # Tune's latest checkpoint is the final report's; the layout's rule confirms it.

@@ -2,12 +2,16 @@
 
 Where they live is raystudy.layout's business; what they hold:
   trials.parquet   one row per trial: trial_id, status ('completed' | 'error'), error (one
-                   line), checkpoint (absolute path of the final checkpoint folder holding
-                   model.pt: warm starts and transfer attacks load it), runs (times the trial
-                   was recorded; a re-run study skips completed trials so it stays 1),
-                   varied config paths (dotted column names), scalar metrics, timings
+                   line), checkpoint (the final checkpoint folder holding model.pt, relative
+                   to the results folder so the folder can move: warm starts and transfer
+                   attacks load it through raystudy.layout), runs (times the trial was
+                   recorded; a re-run study skips completed trials so it stays 1), varied
+                   config paths (dotted column names), scalar metrics, timings, and the
+                   code.* / env.* provenance columns (raystudy.provenance)
   curves.parquet   long format: trial_id, metric, x, accuracy / consistency / ...
   epochs.parquet   per-epoch training logs (loss, lr, augmentation, ε, ...)
+  outcomes.parquet per-example outcomes: trial_id, metric, x, n, examples, correct (np.packbits
+                   bytes), consistent (bytes or null); see raystudy.stats and analysis.paired
 """
 
 from __future__ import annotations
@@ -23,15 +27,17 @@ from typing import Any
 import pandas as pd
 
 from .health import HealthOptions, summary_columns
-from .layout import CURVES, EPOCHS, PLAN, TRIALS, Layout
+from .layout import CURVES, EPOCHS, OUTCOMES, PLAN, TRIALS, Layout
 from .spec.paths import get_path, has_path
+from .stats import decode
 
-__all__ = ["CURVES", "EPOCHS", "PLAN", "TRIALS", "ResultStore", "config_columns", "error_reason",
+__all__ = ["CURVES", "EPOCHS", "OUTCOMES", "PLAN", "TRIALS", "ResultStore", "config_columns", "error_reason",
            "load_tables", "write_atomic", "write_json_atomic", "STANDARD_COLUMNS"]
 
 # Always-present config columns, so tables are readable without the plan.
 STANDARD_COLUMNS = ("model.arch", "train.method.name", "data.dataset", "seed")
-_SKIP = {"_curves", "config", "trial_id", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+OUTCOME_COLUMNS = ["trial_id", "metric", "x", "n", "examples", "correct", "consistent"]
+_SKIP = {"_curves", "_outcomes", "config", "trial_id", "timestamp", "time_this_iter_s", "time_total_s", "pid",
          "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
          "training_iteration", "date", "done", "final", "should_checkpoint", "experiment_tag",
          "_history", "_failed"}
@@ -113,6 +119,7 @@ class ResultStore:
         self.rows: dict[str, dict] = {}
         self.curves: dict[str, list[dict]] = {}
         self.epochs: dict[str, list[dict]] = {}
+        self.outcomes: dict[str, list[dict]] = {}
         self._load()
 
     @classmethod
@@ -120,7 +127,7 @@ class ResultStore:
         """A store that ignores the tables on disk (for rebuilding them: `raystudy collect`)."""
         self = cls.__new__(cls)
         self.out, self.lock, self.health = Path(out), threading.Lock(), None
-        self.rows, self.curves, self.epochs = {}, {}, {}
+        self.rows, self.curves, self.epochs, self.outcomes = {}, {}, {}, {}
         return self
 
     def __getstate__(self):
@@ -141,6 +148,8 @@ class ResultStore:
             self.curves.setdefault(r["trial_id"], []).append(r)
         for r in layout.records(EPOCHS):
             self.epochs.setdefault(r["trial_id"], []).append(r)
+        for r in layout.records(OUTCOMES):
+            self.outcomes.setdefault(r["trial_id"], []).append(r)
 
     def status_of(self, trial_id: str) -> str | None:
         r = self.rows.get(trial_id)
@@ -151,9 +160,12 @@ class ResultStore:
                checkpoint: str | None = None, runs: int | None = None, flush: bool = True) -> None:
         """One trial's row (replacing any earlier one); `runs` counts how often it was recorded."""
         tid = trial["trial_id"]
-        row: dict[str, Any] = {"trial_id": tid, "status": status, "error": error, "checkpoint": checkpoint}
+        row: dict[str, Any] = {"trial_id": tid, "status": status, "error": error,
+                               "checkpoint": Layout(self.out).relative(checkpoint)}
         row.update(config_columns(trial))
-        curves = []
+        # The code the driver shipped with the trial (raystudy.provenance): errors carry it too.
+        row.update({k: _cell(v) for k, v in (trial.get("code") or {}).items()})
+        curves, outcomes = [], []
         if result:
             for k, v in result.items():
                 if k in _SKIP or k.startswith("config/"):
@@ -161,6 +173,7 @@ class ResultStore:
                 row[k] = _cell(v)
             if result.get("_curves"):
                 curves = json.loads(result["_curves"])
+            outcomes = _outcome_rows(tid, result.get("_outcomes"))
             if result.get("_history"):
                 # The trainable's own history survives restarts (restored from checkpoints),
                 # so it beats the epoch results this driver happened to see.
@@ -175,6 +188,8 @@ class ResultStore:
             self.rows[tid] = row
             if curves or status == "completed":
                 self.curves[tid] = [{"trial_id": tid, **c} for c in curves]
+            if outcomes or status == "completed":
+                self.outcomes[tid] = outcomes
             if epochs is not None:
                 self.epochs[tid] = [{"trial_id": tid, **{k: _cell(v) for k, v in e.items()
                                                          if k not in _SKIP and not k.startswith("config/")}}
@@ -192,6 +207,20 @@ class ResultStore:
         epochs = [e for es in self.epochs.values() for e in es]
         if epochs:
             write_atomic(pd.DataFrame(epochs), self.out / EPOCHS)
+        outcomes = [o for os_ in self.outcomes.values() for o in os_]
+        if outcomes or (self.out / OUTCOMES).exists():
+            write_atomic(pd.DataFrame(outcomes, columns=OUTCOME_COLUMNS), self.out / OUTCOMES)
+
+
+def _outcome_rows(tid: str, text: str | None) -> list[dict]:
+    """outcomes.parquet rows from the final result's `_outcomes` JSON (bits base64 -> bytes)."""
+    rows = []
+    for o in json.loads(text) if text else []:
+        con = o.get("consistent")
+        rows.append({"trial_id": tid, "metric": o["metric"], "x": float(o["x"]), "n": int(o["n"]),
+                     "examples": o["examples"], "correct": decode(o["correct"]),
+                     "consistent": None if con is None else decode(con)})
+    return rows
 
 
 def _isnan(v) -> bool:

@@ -10,15 +10,32 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
+from .clusterauth import check_auth, check_token_present
 from .errors import StudyError
 
 
+def check_address(address: str | None) -> None:
+    """Before the driver loads data: a wrong address or missing credentials fail at once."""
+    if address:
+        _probe_address(address)
+
+
+def _connected() -> bool:
+    # A Ray this process already joined (a notebook, a test) has shown its credentials work.
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
+
+
 def _probe_address(address: str) -> None:
-    """Fail in seconds on an unreachable cluster (ray.init would retry for minutes, then exit)."""
+    """Fail in seconds on an unreachable cluster (ray.init would retry for minutes, then exit),
+    or on one that will refuse this driver's authentication (raystudy.clusterauth)."""
     if address == "auto" or address.startswith("local"):
         return
+    if not _connected():
+        check_token_present()
     target = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
@@ -30,11 +47,14 @@ def _probe_address(address: str) -> None:
     except OSError as e:
         raise StudyError(f"cannot reach the Ray cluster at '{address}' ({e.strerror or e})", path="--address",
                          hint="start it with `ray start --head` or check the address") from None
+    if not address.startswith("ray://") and not _connected():
+        check_auth(address, host.strip("[]") or "127.0.0.1", int(port))
 
 
 def init_ray(address: str | None = None, dashboard: bool = True, num_cpus: int | None = None,
-             num_gpus: int | None = None) -> str | None:
-    """Connect to a cluster (`address`) or start a local Ray; returns the dashboard URL."""
+             num_gpus: int | None = None, job: dict[str, str] | None = None) -> str | None:
+    """Connect to a cluster (`address`) or start a local Ray; returns the dashboard URL.
+    `job`: metadata of the driver's Ray job (the dashboard's Jobs page, `ray list jobs --detail`)."""
     if address:
         _probe_address(address)
     import ray
@@ -42,13 +62,16 @@ def init_ray(address: str | None = None, dashboard: bool = True, num_cpus: int |
         ctx = ray.get_runtime_context()
         return getattr(ctx, "dashboard_url", None) or None
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    from ray.job_config import JobConfig
+    job_kw: dict[str, Any] = {"job_config": JobConfig(metadata=dict(job))} if job else {}
     try:
         if address:
-            info = ray.init(address=address, logging_level="ERROR", log_to_driver=True)
+            info = ray.init(address=address, logging_level="ERROR", log_to_driver=True, **job_kw)
         else:
             # "local": the embedded Ray the README promises, even when a cluster started with
             # `ray start` runs on this machine (ray.init() without an address would join it).
-            kwargs: dict[str, Any] = dict(address="local", include_dashboard=dashboard, logging_level="ERROR")
+            kwargs: dict[str, Any] = dict(address="local", include_dashboard=dashboard, logging_level="ERROR",
+                                          **job_kw)
             if dashboard:
                 # Local only unless the user binds it elsewhere themselves.
                 kwargs["dashboard_host"] = "127.0.0.1"
@@ -60,8 +83,11 @@ def init_ray(address: str | None = None, dashboard: bool = True, num_cpus: int |
     except (ConnectionError, TimeoutError, ValueError, RuntimeError, SystemExit) as e:
         if address:
             first = (str(e).splitlines() or [type(e).__name__])[0]
-            raise StudyError(f"cannot reach the Ray cluster at '{address}': {first}",
-                             path="--address", hint="start it with `ray start --head` or check the address") from None
+            # The address answered (_probe_address), so "start a cluster" would be wrong advice.
+            raise StudyError(f"cannot join the Ray cluster at '{address}': {first}", path="--address",
+                             hint="the address answers but Ray could not join: check that this driver's Ray and "
+                                  "Python versions are the cluster's (`ray --version`) and, with token "
+                                  "authentication, RAY_AUTH_MODE=token and the cluster's token") from None
         raise
     url = getattr(info, "dashboard_url", None)
     return f"http://{url}" if url and not str(url).startswith("http") else url

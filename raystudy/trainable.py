@@ -5,7 +5,9 @@ with model, optimizer, schedule, method and RNG state) so a trial whose worker d
 resumes where it was. A trial interrupted in an earlier `raystudy run` resumes from
 the checkpoint the runner found for it (`trial["resume_from"]`); a warm start loads the
 weights the runner resolved for it (`trial["init_weights"]`). The final report
-carries every metric, the full epoch history and the final weights (model.pt).
+carries every metric, the full epoch history and the final checkpoint: the weights (model.pt)
+and the last training state (state.pt), so Ray's own `get_best_checkpoint(trial, "accuracy")`
+finds the metrics that belong to it.
 
 A diverged trial (NaN/inf loss) is deterministic: retrying it from its last checkpoint
 would diverge again, so it ends with a final report marked `_failed` instead of an
@@ -70,10 +72,12 @@ class TuneReporter:
         self.resumed_from_epoch = 0
         self.restored = False
         self.model = None
+        self._last_state = None
 
     def epoch(self, metrics: dict, get_state) -> None:
         e = metrics["epoch"]
         self.history.append(dict(metrics))
+        self._last_state = get_state
         if not self.restored:
             for f in self.faults:
                 if f["epoch"] == e:
@@ -99,6 +103,11 @@ class TuneReporter:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, os.path.join(d, MODEL_FILE))
+            if self.every and self._last_state is not None:
+                # The runner keeps one checkpoint per trial: this one, with the metrics it
+                # belongs to; the training state rides along so a trial whose end was not
+                # recorded (the driver died) resumes here instead of from scratch.
+                torch.save(self._last_state(), os.path.join(d, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     def failed(self, reason: str, values: dict | None = None) -> None:
@@ -146,9 +155,9 @@ def _node_id() -> str | None:
         return None
 
 
-def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> None:
+def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0, health: dict | None = None) -> None:
     _quiet_worker_logs()
-    trial = config["trial"]
+    trial = config["trial"] if health is None else {**config["trial"], "health": health}
     set_threads(cpus)
     bundle = bundles[data_key(trial["config"].get("data", {}))]
     train_cfg = trial["config"].get("train", {})

@@ -30,3 +30,47 @@ def run_metric(metric: str, model, data, /, **opts):
     from raystudy.registry import METRICS
     entry = METRICS.get(metric)
     return entry.obj(EvalContext(model, data, torch.device("cpu")), entry.schema.model_validate(opts))
+
+
+def record_trials(out, configs: dict, params: dict | None = None):
+    """A recorded results folder without Ray: each {trial_id: config} trained and evaluated by
+    raystudy.execute.run_trial and recorded by the ResultStore, as the driver would."""
+    from raystudy.data import load
+    from raystudy.execute import run_trial
+    from raystudy.results import ResultStore
+    from raystudy.spec.validate import validate_trial
+    store = ResultStore(out)
+    for tid, cfg in configs.items():
+        trial = {"trial_id": tid, "params": (params or {}).get(tid, {}), "config": cfg}
+        final = run_trial(trial, load(validate_trial(cfg).cfg.data))
+        store.record(trial, "completed", final)
+    return out
+
+
+def assert_uncertainty_contract(res) -> None:
+    """What the metric template promises about a MetricResult's uncertainty: every curve row with
+    a proportion column has its n and 95% Wilson interval, and every row with an `accuracy` (a
+    fraction of a subset's images) has per-example outcomes whose means are the row's values."""
+    import pytest
+
+    from raystudy.stats import PROPORTIONS, wilson
+    points = {}
+    for oc in res.outcomes:
+        assert set(oc) == {"metric", "x", "correct", "consistent", "examples"}, oc
+        assert oc["correct"].dtype == torch.bool and oc["correct"].ndim == 1
+        assert oc["consistent"] is None or oc["consistent"].shape == oc["correct"].shape
+        assert isinstance(oc["examples"], str) and len(oc["examples"]) == 16
+        points[(oc["metric"], oc["x"])] = oc
+    for row in res.curves:
+        props = [c for c in PROPORTIONS if isinstance(row.get(c), float)]
+        for c in props:
+            n = row["n"]
+            assert row[f"{c}_lo"] <= row[c] <= row[f"{c}_hi"]
+            assert (row[f"{c}_lo"], row[f"{c}_hi"]) == pytest.approx(wilson(round(row[c] * n), n))
+        if "accuracy" in props:
+            oc = points.get((row["metric"], float(row["x"])))
+            assert oc is not None, f"curve point {row['metric']}@{row['x']} has no per-example outcomes"
+            assert len(oc["correct"]) == row["n"]
+            assert oc["correct"].float().mean().item() == row["accuracy"]
+            if "consistency" in props:
+                assert oc["consistent"].float().mean().item() == row["consistency"]

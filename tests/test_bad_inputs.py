@@ -3,6 +3,7 @@ never a traceback. Each row is (id, study text or edit, extra argv, path, words)
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -43,6 +44,27 @@ def alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 LR = "  train.optimizer.lr: {expr: %s}"
+LOGLR = "  train.optimizer.lr: {loguniform: [0.001, 0.1]}"
+
+
+def searched(space: str, search: str = "") -> str:
+    """GOOD with `space` and a tune.search section (`search` overrides its keys)."""
+    keys = dict(kv.split(": ", 1) for kv in "metric: accuracy, mode: max, num_samples: 4".split(", "))
+    for kv in filter(None, (s.strip() for s in re.split(r",\s*(?![^\[{]*[\]}])", search))):
+        k, v = kv.split(": ", 1)
+        keys[k] = v
+    body = ", ".join(f"{k}: {v}" for k, v in keys.items())
+    return edit(SPACE, space).replace("resources:", f"tune: {{search: {{name: optuna, {body}}}}}\nresources:")
+
+
+def scheduled(options: str = "") -> str:
+    """GOOD with 2 epochs and an ASHA scheduler on val_accuracy (`options` overrides its keys)."""
+    keys = {"name": "asha", "metric": "val_accuracy", "mode": "max", "grace_period": "1"}
+    for kv in filter(None, (s.strip() for s in options.split(","))):
+        k, v = kv.split(": ", 1)
+        keys[k] = v
+    body = ", ".join(f"{k}: {v}" for k, v in keys.items())
+    return edit("  epochs: 1", "  epochs: 2").replace("resources:", f"tune: {{scheduler: {{{body}}}}}\nresources:")
 
 # (id, study text, path the message must name, words it must contain)
 VALIDATE_CASES = [
@@ -120,6 +142,35 @@ VALIDATE_CASES = [
     ("lr-inf", edit("lr: 0.05}", "lr: .inf}"), "train.optimizer.lr", "finite number"),
     ("rotation-nan-string", edit("{rotation: 0}", "{rotation: 'nan'}"), "train.augment.rotation",
      "not a finite number"),
+    # tune.search / tune.scheduler / tracking (issue 21): what a searcher cannot take, with the reason
+    ("search-expr", searched(LR % '"0.05 * 2"'), "space.train.optimizer.lr",
+     "an 'expr' entry cannot be searched: the searcher proposes every value it varies on its own"),
+    ("search-zip", searched("  pair: {zip: {train.epochs: [1, 2], train.batch_size: [16, 32]}}"), "space.pair",
+     "a 'zip' entry cannot be searched: its paths vary together as rows of a table"),
+    ("search-seed", searched(SPACE), "space.seed", "a searcher would tune the seed as if it were a hyperparameter"),
+    ("search-data", searched("  data.train_size: {choice: [32, 64]}"), "space.data.train_size",
+     "loaded once before Ray starts"),
+    ("search-nothing", searched("  train.epochs: 1"), "tune.search", "has nothing to search"),
+    ("search-unknown-metric", searched(LOGLR, "metric: acuracy"), "tune.search.metric", "did you mean 'accuracy'"),
+    ("search-per-epoch-metric", searched(LOGLR, "metric: val_accuracy"), "tune.search.metric",
+     "reported per epoch: a scheduler can use it"),
+    ("search-modes", searched(LOGLR, "metric: [accuracy, num_params]"), "tune.search",
+     "give metric and mode both as single values or both as lists"),
+    ("search-sampler-option", searched(LOGLR, "options: {n_startup: 3}"), "tune.search.options",
+     "the tpe sampler refuses these options"),
+    ("search-cmaes-two-metrics", searched(LOGLR, "sampler: cmaes, metric: [accuracy, num_params], mode: [max, min]"),
+     "tune.search.sampler", "optimizes one metric"),
+    ("search-num-samples", searched(LOGLR).replace("tune: {", "tune: {num_samples: 3, "), "tune.num_samples",
+     "the budget is tune.search.num_samples"),
+    ("search-sampler-unknown", searched(LOGLR, "sampler: tpee"), "tune.search.sampler", "'tpe'"),
+    ("scheduler-final-metric", scheduled("metric: accuracy"), "tune.scheduler.metric", "not reported every epoch"),
+    ("scheduler-grace", scheduled("grace_period: 3"), "tune.scheduler.grace_period", "leaves no epoch to stop at"),
+    ("scheduler-option", scheduled("name: median, reduction_factor: 3"), "tune.scheduler.reduction_factor",
+     "not an option of the 'median' scheduler"),
+    ("scheduler-no-val-split", scheduled().replace("test_size: 32}", "test_size: 32, val_fraction: 0}"),
+     "tune.scheduler.metric", "val_accuracy needs a validation split"),
+    ("tracking-typo", GOOD + "tracking: {tensorbord: true}\n", "tracking.tensorbord", "did you mean 'tensorboard'"),
+    ("tracking-wandb-mode", GOOD + "tracking: {wandb: {mode: offlien}}\n", "tracking.wandb.mode", "'offline'"),
 ]
 
 

@@ -30,6 +30,7 @@ from raystudy.registry import (AFTER_STEPS, ATTACKS, DATASETS, METHODS, METRICS,
                                SCHEDULES)
 from raystudy.spec.schema import AugmentSpec, DataSpec
 
+from helpers import assert_uncertainty_contract
 from test_data import write_idx
 
 CPU = torch.device("cpu")
@@ -114,6 +115,7 @@ def test_metric_contract(name, trained, syn):
         assert isinstance(row["x_title"], str) and row["x_title"] and row["x_title"] != "x", row
     # Seeded subset and draws, evaluated in eval mode: the training mode changes nothing.
     assert results[1].scalars == res.scalars and results[1].curves == res.curves
+    assert_uncertainty_contract(res)
 
 
 @pytest.mark.parametrize("name", METRICS.names())
@@ -131,6 +133,7 @@ METHOD_CASES = {
     "natural": {},
     "pgd_at": {"eps": 0.1, "step_size": 0.05, "steps": 2},
     "fgsm_at": {"eps": 0.1},
+    "fgsm_rs": {"eps": 0.1},
     "mixed": {"attack": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
     "trades": {"eps": 0.1, "step_size": 0.05, "steps": 2},
     "cusp": {"rotations": [30, 60], "eps": [0.05, 0.1], "steps": 2, "step_size": 0.05},
@@ -351,21 +354,11 @@ def _transfer_case(step, schema, tmp_path, syn):
 AFTER_CASES = {"transfer": _transfer_case}
 
 
-def _after_step(name):
-    if name in AFTER_STEPS:
-        e = AFTER_STEPS.get(name)
-        return e.obj, e.schema
-    # Until poststeps registers its steps in registry.AFTER_STEPS (the driver redesign).
-    from raystudy import poststeps
-    schema, step = poststeps.AFTER_STEPS[name]
-    return step, schema
-
-
 @pytest.mark.parametrize("name", sorted(set(AFTER_STEPS.names()) | set(AFTER_CASES)))
 def test_after_step_contract(name, tmp_path, syn):
     assert name in AFTER_CASES, f"after step '{name}' has no contract case"
-    step, schema = _after_step(name)
-    AFTER_CASES[name](step, schema, tmp_path, syn)
+    e = AFTER_STEPS.get(name)
+    AFTER_CASES[name](e.obj, e.schema, tmp_path, syn)
 
 
 # ------------------------------------------------------------------------------- models

@@ -4,11 +4,19 @@ A metric is a `Metric` subclass that writes only its computation (`compute`); th
 template owns what every metric used to repeat: evaluation mode (the caller's mode is
 restored after), the fixed seeded subset, skipping an empty subset, and timing. The
 registry holds one instance per metric, called as `metric(ctx, options) -> MetricResult`.
+
+Uncertainty is the template's too: every curve row gets `n` (the images it was measured on)
+and a 95% Wilson interval `<c>_lo` / `<c>_hi` for each proportion column c (raystudy.stats),
+and a metric that records per-example outcomes (`Run.record` / `Run.rates`: which images were
+correct, and consistent with the clean prediction, at each curve point) gets them keyed by
+`examples`, a hash of exactly the images evaluated, in order. Two trials with the same
+`examples` saw the same images, so a paired test between them is valid (analysis.paired).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +27,7 @@ from pydantic import BeforeValidator, Field
 from torch import nn
 
 from ..registry import Options
+from ..stats import PROPORTIONS, add_intervals
 
 Split = Literal["train", "val", "test"]
 
@@ -28,11 +37,14 @@ class MetricResult:
     """Flat namespaced scalars (-> trials.parquet) and long-format curve rows
     (-> curves.parquet: each row has `metric`, `x`, `x_title` (what x means, for charts)
     and value columns such as `accuracy` and `consistency`); `seconds` is the metric's
-    wall time, measured by the template."""
+    wall time, measured by the template. `outcomes`: per-example results, one dict per curve
+    point (or proportion scalar, at x = 0) with `metric`, `x`, `correct` (bool tensor [n]),
+    `consistent` (bool tensor [n] or None) and `examples` (see `examples_key`)."""
 
     scalars: dict[str, float] = field(default_factory=dict)
     curves: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -94,18 +106,49 @@ class Run:
     y: torch.Tensor
     split: str
     batch_size: int
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
     def predict(self, x: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted labels of `x` (default: the subset), batched."""
         return predict(self.model, self.x if x is None else x, self.batch_size)
 
+    def examples(self, start: int = 0, stop: int | None = None) -> str:
+        """The `examples` key of the subset's images [start:stop] (default: all of them)."""
+        return examples_key(self.x[start:stop], self.y[start:stop])
+
+    def record(self, metric: str, x: float, correct: torch.Tensor, consistent: torch.Tensor | None = None,
+               examples: str | None = None) -> tuple[float, float | None]:
+        """Keep one curve point's per-example outcomes (on the whole subset unless `examples`
+        says otherwise) and return its (accuracy, consistency) as floats."""
+        self.outcomes.append({"metric": metric, "x": float(x), "correct": correct.detach().bool(),
+                              "consistent": None if consistent is None else consistent.detach().bool(),
+                              "examples": examples})
+        return correct.float().mean().item(), None if consistent is None else consistent.float().mean().item()
+
+    def rates(self, metric: str, x: float, pred: torch.Tensor, clean: torch.Tensor | None = None):
+        """`record` from predicted labels of the subset: correct = pred == y, consistent =
+        pred == clean (the model's own clean predictions) when `clean` is given."""
+        return self.record(metric, x, pred == self.y, None if clean is None else pred == clean)
+
+
+def examples_key(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A short hash of exactly these images (their float32 values, shape and order) and labels:
+    equal keys mean the same images in the same order, whatever config produced them."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr(tuple(x.shape)).encode())
+    h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(y.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
 
 class Metric:
     """Template of a metric: subclasses set `x_title` (what their curves' x means, unless
     each row sets its own) and write `compute`; `subsets` says which (split, n) to draw
-    when that is not the options' `split` and `n` (accuracy measures several splits)."""
+    when that is not the options' `split` and `n` (accuracy measures several splits);
+    `proportions` are the curve columns that get a Wilson interval."""
 
     x_title: ClassVar[str] = "x"
+    proportions: ClassVar[tuple[str, ...]] = PROPORTIONS
 
     def subsets(self, o: MetricOptions) -> list[tuple[str, int | None]]:
         return [(o.split, o.n)]
@@ -123,13 +166,31 @@ class Metric:
                 if len(x) == 0:
                     # A split without images (e.g. val_fraction 0) measures nothing.
                     continue
-                part = self.compute(Run(ctx, model, x, y, split, bs), o)
+                run = Run(ctx, model, x, y, split, bs)
+                part = self.compute(run, o)
+                self._uncertainty(part, run)
                 res.scalars.update(part.scalars)
                 res.curves.extend(part.curves)
+                res.outcomes.extend(part.outcomes)
         for row in res.curves:
             row.setdefault("x_title", self.x_title)
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _uncertainty(self, part: MetricResult, run: Run) -> None:
+        """Key the run's outcomes by their images; give every curve row its n (that of its
+        outcomes when it has some, else the subset's) and Wilson intervals."""
+        part.outcomes.extend(run.outcomes)
+        whole = None
+        sizes = {}
+        for oc in part.outcomes:
+            if oc.get("examples") is None:
+                whole = whole or run.examples()
+                oc["examples"] = whole
+            sizes[(oc["metric"], float(oc["x"]))] = len(oc["correct"])
+        for row in part.curves:
+            at = (row.get("metric"), float(row["x"])) if isinstance(row.get("x"), (int, float)) else None
+            add_intervals(row, sizes.get(at, len(run.x)), self.proportions)
 
 
 @contextlib.contextmanager

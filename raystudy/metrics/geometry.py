@@ -287,7 +287,7 @@ class LRCNoise(Metric):
                 ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
                 for z in noise:
                     ok &= run.predict((x + s * z).clamp(0, 1)) == y
-                acc = ok.float().mean().item()
+                acc, _ = run.record(name, s, ok)
                 accs.append(acc)
                 res.curves.append({"metric": name, "x": float(s), "accuracy": acc, "decay_length": float(lam),
                                    "k": o.k})

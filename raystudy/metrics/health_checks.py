@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import attack, attack_options, get_attack, input_grad_only, seeded
+from ..stats import Z95, wilson
 from .base import Run
 
 # Attacks cheap enough to rerun for the comparisons (AutoAttack already contains Square and
@@ -52,9 +53,11 @@ def add_cummin(curves: list[dict]) -> None:
 
 
 def _se(p: float, n: int) -> float:
-    """Binomial standard error of a proportion (raystudy.stats.wilson gives intervals; a
-    check needs only the scale of the noise)."""
-    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+    """The sampling noise of a proportion p over n images, as a standard error: the half-width
+    of its 95% Wilson interval (raystudy.stats.wilson) over z. Unlike sqrt(p(1-p)/n) it is not
+    zero at p = 0 or 1, where a handful of images must not pass for certainty."""
+    lo, hi = wilson(min(n, max(0, round(p * n))), max(n, 1))
+    return (hi - lo) / (2 * Z95)
 
 
 def _paired_se(a: torch.Tensor, b: torch.Tensor) -> float:

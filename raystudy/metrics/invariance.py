@@ -94,18 +94,16 @@ def _params(kind: str, level: float, n: int, size: int, seed: int, device):
     return angles, shifts
 
 
-def _rates(model, x, y, clean, angles, shifts, bs):
-    """(accuracy, consistency) on transformed inputs, transforming one batch at a time."""
+def _transformed(model, x, clean, angles, shifts, bs):
+    """Predicted labels of the transformed inputs, transforming one batch at a time."""
     if angles is None and shifts is None:
-        pred = clean
-    else:
-        out = []
-        for i in range(0, len(x), bs):
-            a = None if angles is None else angles[i:i + bs]
-            s = None if shifts is None else shifts[i:i + bs]
-            out.append(predict(model, transform(x[i:i + bs], a, s), bs))
-        pred = torch.cat(out)
-    return (pred == y).float().mean().item(), (pred == clean).float().mean().item()
+        return clean
+    out = []
+    for i in range(0, len(x), bs):
+        a = None if angles is None else angles[i:i + bs]
+        s = None if shifts is None else shifts[i:i + bs]
+        out.append(predict(model, transform(x[i:i + bs], a, s), bs))
+    return torch.cat(out)
 
 
 X_TITLES = {"rotation": "θ (degrees)", "translation": "i (shifts in ±i·image size)",
@@ -123,13 +121,13 @@ class Invariance(Metric):
     def compute(self, run: Run, o: InvarianceOptions) -> MetricResult:
         res = MetricResult()
         key = f"invariance.{o.label}"
-        x, y, bs = run.x, run.y, run.batch_size
+        x, bs = run.x, run.batch_size
         n, size = len(x), min(x.shape[-2:])
         clean = run.predict()
         rows = {}
         for level in o.grid():
             angles, shifts = _params(o.kind, level, n, size, o.seed, x.device)
-            rows[level] = _rates(run.model, x, y, clean, angles, shifts, bs)
+            rows[level] = run.rates(key, level, _transformed(run.model, x, clean, angles, shifts, bs), clean)
             res.curves.append({"metric": key, "x": level, "x_title": X_TITLES[o.kind], "accuracy": rows[level][0],
                                "consistency": rows[level][1]})
         if rows:
@@ -141,9 +139,12 @@ class Invariance(Metric):
         if o.kind == "rotation" and o.t180:
             if 180.0 in rows:
                 t180 = rows[180.0][0]
+                same = next(oc for oc in run.outcomes if oc["metric"] == key and oc["x"] == 180.0)
+                run.outcomes.append({**same, "metric": "spatial_accuracy.t180"})
             else:
                 angles, _ = _params("rotation", 180.0, n, size, o.seed, x.device)
-                t180 = _rates(run.model, x, y, clean, angles, None, bs)[0]
+                t180 = run.rates("spatial_accuracy.t180", 180.0,
+                                 _transformed(run.model, x, clean, angles, None, bs), clean)[0]
             res.scalars["spatial_accuracy.t180"] = t180
         return res
 
@@ -154,7 +155,7 @@ class Invariance(Metric):
         fixed = []
         for a in o.angles:
             angles = torch.full((len(run.x),), float(a), device=run.x.device)
-            acc, con = _rates(run.model, run.x, run.y, clean, angles, None, run.batch_size)
+            acc, con = run.rates(key, a, _transformed(run.model, run.x, clean, angles, None, run.batch_size), clean)
             fixed.append(con)
             res.curves.append({"metric": key, "x": float(a), "x_title": X_TITLES["rotation"], "accuracy": acc,
                                "consistency": con})

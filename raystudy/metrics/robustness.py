@@ -108,7 +108,7 @@ def _budget_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: d
         else:
             adv = attack(run.model, o.attack, run.x, run.y, e, batch_size=run.batch_size, seed=o.seed, **hp)
             pred = run.predict(adv)
-        rows[e] = ((pred == run.y).float().mean().item(), (pred == clean).float().mean().item())
+        rows[e] = run.rates(f"robustness.{o.label}", e, pred, clean)
     return rows
 
 
@@ -121,9 +121,8 @@ def _minimal_rows(run: Run, o: RobustnessOptions, epss: list[float], clean, hp: 
     rows = {}
     for e in epss:
         within = size <= e
-        acc = ((clean == run.y) & ~(within & (pred != run.y))).float().mean().item()
-        con = (~(within & (pred != clean))).float().mean().item()
-        rows[e] = (acc, con)
+        rows[e] = run.record(f"robustness.{o.label}", e, (clean == run.y) & ~(within & (pred != run.y)),
+                             ~(within & (pred != clean)))
     return rows
 
 

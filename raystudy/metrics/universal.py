@@ -164,7 +164,7 @@ class SVDUniversal(Metric):
         res.scalars["svd_universal.clean_accuracy"] = (clean == ye).float().mean().item()
         randoms = torch.randn((o.random_draws, *xe.shape[1:]), generator=run.ctx.generator(offset=7),
                               device=xe.device)
-        score = _Scorer(run.model, xe, ye, clean, run.batch_size, randoms)
+        score = _Scorer(run.model, xe, ye, clean, run.batch_size, randoms, examples=run.examples(o.n_fit))
         for a in o.attacks:
             dirs = attack_directions(run.model, xf, yf, a, batch_size=run.batch_size,
                                      deepfool_steps=o.deepfool_steps, overshoot=o.overshoot)
@@ -190,6 +190,7 @@ class _Scorer:
     clean: torch.Tensor
     batch_size: int
     randoms: torch.Tensor
+    examples: str | None = None   # the evaluation images' key (raystudy.metrics.base.examples_key)
     baseline: dict = field(default_factory=dict)
 
     def best(self, v, norm, size) -> tuple[float, float, int]:
@@ -202,6 +203,13 @@ class _Scorer:
             self.baseline[(norm, size)] = (sum(r[0] for r in rnd) / len(rnd), sum(r[1] for r in rnd) / len(rnd))
         return self.baseline[(norm, size)]
 
+    @torch.no_grad()
+    def outcome(self, v, norm, size, sign) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per evaluation image: (correct, consistent with its clean prediction) under sign · v."""
+        delta = sign * _scale(v, norm, size).unsqueeze(0)
+        pred = predict(self.model, (self.x + delta).clamp(0, 1), self.batch_size)
+        return pred == self.y, pred == self.clean
+
 
 def _profile(score: _Scorer, v, metric: str, norm: str, sizes, at: float, res: MetricResult) -> None:
     """Fooling rate and accuracy of ±v scaled to each size, beside random directions."""
@@ -211,8 +219,11 @@ def _profile(score: _Scorer, v, metric: str, norm: str, sizes, at: float, res: M
         row = {"metric": metric, "x": float(size),
                "x_title": "perturbation norm (L2)" if norm == "l2" else "perturbation norm (L∞)",
                "norm": norm, "fooling_rate": fr, "accuracy": acc, "consistency": 1.0 - fr, "sign": sign,
-               "fooling_rate_random": fr_rnd, "accuracy_random": acc_rnd}
+               "fooling_rate_random": fr_rnd, "accuracy_random": acc_rnd, "n": len(score.x)}
         res.curves.append(row)
+        correct, consistent = score.outcome(v, norm, size, sign)
+        res.outcomes.append({"metric": metric, "x": float(size), "correct": correct, "consistent": consistent,
+                             "examples": score.examples})
         if size == at:
             for key in ("fooling_rate", "accuracy", "fooling_rate_random", "accuracy_random"):
                 res.scalars[f"{metric}.{key}"] = row[key]

@@ -17,6 +17,7 @@ from .paths import get_path, set_path
 from .plan import Plan, make_plan
 from .schema import StudySpec, TrialConfig
 from .space import OPERATORS
+from .tuning import check_tuning
 from .yamlfile import load_text, read_yaml, with_line
 
 
@@ -71,6 +72,7 @@ SMOKE_DEFAULTS = {
     "data.test_size": 128,
     "tune.num_samples": 1,
 }
+SMOKE_SEARCH_SAMPLES = 2
 
 
 # ------------------------------------------------------------------------- document
@@ -158,6 +160,10 @@ def _overridden(raw: dict, file: str, smoke: bool, profile: str | None, sets: li
             # A staged study ignores train.epochs: shrink every stage as well.
             doc = apply_overrides(doc, {f"train.stages.{i}.epochs": 1 for i, st in enumerate(stages)
                                         if isinstance(st, dict)}, file)
+        search = (doc.get("tune") or {}).get("search") if isinstance(doc.get("tune"), dict) else None
+        if isinstance(search, dict):
+            # A search's budget is its own: two proposals show it works.
+            doc = apply_overrides(doc, {"tune.search.num_samples": SMOKE_SEARCH_SAMPLES}, file)
         doc = apply_overrides(doc, dict(raw.get("smoke") or {}), file)
     if sets:
         doc = apply_overrides(doc, dict(parse_set(s) for s in sets), file)
@@ -181,6 +187,7 @@ def load_document(raw: Any, *, file: str = "<study>", marks: dict | None = None,
     study = StudyDocument(file=file, spec=spec, raw=doc, marks=marks or {})
     if expand_trials:
         study.plan  # noqa: B018 - computed (and every trial validated) now
+        check_tuning(study)
     return study
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from ..health import HealthOptions
+from .tunespec import SchedulerSpec, SearchSpec, TrackingSpec
 from .types import Angle
 
 # Marks a field added after studies had already run (see new_field).
@@ -156,6 +157,9 @@ class TuneSpec(Strict):
     retries: int = Field(0, ge=0)
     # Seed for sampling random space entries, so a re-run proposes the same trials.
     seed: int = 0
+    # A search algorithm and an early-stopping scheduler (spec/tunespec.py); not trial config.
+    search: SearchSpec | None = None
+    scheduler: SchedulerSpec | None = None
 
 
 def _device(v: str) -> str:
@@ -208,6 +212,8 @@ class StudySpec(Strict):
     after: list[Any] = Field(default_factory=list)
     # Which health checks run and their tolerances (raystudy.health); not part of a trial's id.
     health: HealthOptions = Field(default_factory=HealthOptions)
+    # Copies of every trial's numbers in TensorBoard / MLflow / W&B (spec/tunespec.py).
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     _check_device = field_validator("device")(classmethod(lambda cls, v: _device(v)))
 

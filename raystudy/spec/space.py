@@ -312,6 +312,15 @@ def expand(study) -> list[Trial]:
     return list(unique.values())
 
 
+def trial_from_values(study, values: dict[str, Any], base: dict | None = None) -> Trial:
+    """The trial of `study` whose varied entries take `values` (a searcher's proposal, by space
+    key); constants apply as in `expand`, so the trial id is the one expansion would give."""
+    file = study.file
+    es = _entries(study.spec.space or {}, file)
+    chosen = {k: values[k] if k in values else es.consts[k] for k in es.order if k in values or k in es.consts}
+    return _trial(study.base_config() if base is None else base, chosen, es.consts, 0, file)
+
+
 def _set(config: dict, path: str, value: Any, file: str, key: str) -> None:
     if not _is_path(path):
         raise StudyError(f"'{path}' is not a config path", file=file, path=f"space.{key}",
