@@ -22,6 +22,7 @@ from raystudy.metrics.health_checks import (add_cummin, check_eps, eigen_shortfa
                                             zero_grad_fraction)
 from raystudy.metrics.hessian import HessianOptions, hessian
 from raystudy.spec.load import load_document
+from raystudy.stats import Z95, wilson
 from raystudy.training_health import robust_overfit, training_checks
 
 H = "health."
@@ -111,7 +112,10 @@ def test_monotone_rise_is_the_largest_rise_above_the_running_minimum():
     rows = {0.0: (0.9, 1), 0.1: (0.5, 1), 0.2: (0.6, 1), 0.3: (0.4, 1), 0.4: (0.45, 1)}
     rise, se = monotone_rise(rows, 100)
     assert rise == pytest.approx(0.1)
-    assert se == pytest.approx(math.sqrt(0.6 * 0.4 / 100 + 0.5 * 0.5 / 100))
+    # Each proportion's noise is its 95% Wilson half-width over z (close to sqrt(p(1-p)/n)).
+    half = [(hi - lo) / 2 / Z95 for lo, hi in (wilson(60, 100), wilson(50, 100))]
+    assert se == pytest.approx(math.hypot(*half))
+    assert se == pytest.approx(math.sqrt(0.6 * 0.4 / 100 + 0.5 * 0.5 / 100), rel=0.05)
     assert monotone_rise({0.0: (0.9, 1), 0.1: (0.5, 1), 0.2: (0.2, 1)}, 100) == (0.0, 0.0)
 
 
