@@ -219,6 +219,10 @@ def judge(row: dict, options: HealthOptions | None = None) -> tuple[bool, list[s
 
 
 def summary_columns(row: dict, options: HealthOptions | None = None) -> dict[str, Any]:
-    """`health.ok` and `health.flags` (comma-separated, "" when ok) for a trial row."""
+    """`health.ok` and `health.flags` (comma-separated, "" when ok) for a trial row; nothing
+    for a row without any measured check (a trial that errored, or one recorded before the
+    checks existed, was never judged: neither healthy nor unhealthy)."""
+    if not measured(row):
+        return {}
     ok, flags = judge(row, options)
     return {PREFIX + "ok": ok, PREFIX + "flags": ",".join(flags)}
