@@ -8,9 +8,9 @@ tiny study on the embedded MNIST:
   (PITFALLS): `did_not_learn` must fire.
 
 A check that were a constant could not pass both the normal control and the one meant to
-trip it. The fast test runs the trials Ray-free (raystudy.execute.run_trial) and records them
-through the results store, where the driver judges them; the slow one runs the same study
-through `raystudy run` on a real local Ray and reads trials.parquet.
+trip it. One test per control runs its trial Ray-free (raystudy.execute.run_trial) and records it
+through the results store, where the driver judges it; the last runs the same study through
+`raystudy run` on a real local Ray and reads trials.parquet.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from raystudy.cli import main
 from raystudy.data import load
 from raystudy.execute import run_trial
+from raystudy.health import HealthOptions, judge
 from raystudy.results import ResultStore
 from raystudy.spec.load import load_study
 
@@ -40,8 +41,10 @@ space:
       train.optimizer: [{name: adam, lr: 0.001}, {name: adam, lr: 0.001}, {name: sgd, lr: 0.05, momentum: 0.9}]
 evaluate:
   - accuracy
-  - robustness: {attack: pgd, eps: [0, 0.15, 0.3], n: 60}
-health: {n: 60, checks: {gradient_free_gap: {queries: 100}}}
+  - robustness: {attack: pgd, eps: [0, 0.15, 0.3], n: 40}
+health:
+  n: 40
+  checks: {convergence_gain: {steps_factor: 2, restarts: 1}, gradient_free_gap: {queries: 100}}
 resources: {cpu: 1, gpu: 0}
 """
 NAMES = {0: "normal", 1: "masked", 2: "stuck"}
@@ -56,27 +59,38 @@ def _flags(row: dict) -> set[str]:
     return {f for f in str(row["health.flags"]).split(",") if f}
 
 
-def _assert_controls(rows: dict[str, dict]) -> None:
-    normal, masked, stuck = rows["normal"], rows["masked"], rows["stuck"]
-    assert (normal["status"], masked["status"], stuck["status"]) == ("completed",) * 3
-    # No false alarm on the normal model, whose numbers are measured, not absent.
-    assert normal["health.ok"] is True or normal["health.ok"] == 1, _flags(normal)
-    assert _flags(normal) == set()
-    assert normal[P + "zero_grad_fraction"] == 0.0
-    assert normal["health.did_not_learn_loss_ratio"] < 0.8
-    assert normal[P + "gradient_free_gap"] <= 0.05
-    # The masked model: every input's gradient is exactly zero, and Square, which reads no
-    # gradient, breaks digits PGD could not.
-    assert not masked["health.ok"]
-    assert masked[P + "zero_grad_fraction"] == 1.0
-    assert "robustness.pgd.zero_grad_fraction" in _flags(masked)
-    assert masked[P + "gradient_free_gap"] > normal[P + "gradient_free_gap"]
-    assert "did_not_learn" not in _flags(masked)
-    # The stuck run: its final loss sits at ln 10.
-    assert not stuck["health.ok"]
-    assert "did_not_learn" in _flags(stuck)
-    assert abs(stuck["health.did_not_learn_loss_ratio"] - 1) <= 0.1
-    assert "robustness.pgd.zero_grad_fraction" not in _flags(stuck)
+def _normal(row: dict) -> None:
+    # No false alarm, and the values are measured, not absent.
+    assert row["status"] == "completed"
+    assert row["health.ok"], _flags(row)
+    assert _flags(row) == set()
+    assert row[P + "zero_grad_fraction"] == 0.0
+    assert row["health.did_not_learn_loss_ratio"] < 0.8
+    assert row[P + "gradient_free_gap"] <= 0.05
+
+
+def _masked(row: dict) -> None:
+    # Every input's gradient is exactly zero, and Square, which reads no gradient, breaks
+    # digits PGD left standing.
+    assert row["status"] == "completed"
+    assert not row["health.ok"]
+    assert row[P + "zero_grad_fraction"] == 1.0
+    assert "robustness.pgd.zero_grad_fraction" in _flags(row)
+    assert row[P + "gradient_free_gap"] > 0
+    assert "did_not_learn" not in _flags(row)
+
+
+def _stuck(row: dict) -> None:
+    # Its final training loss sits at ln 10; its gradients are not masked.
+    assert row["status"] == "completed"
+    assert not row["health.ok"]
+    assert "did_not_learn" in _flags(row)
+    assert abs(row["health.did_not_learn_loss_ratio"] - 1) <= 0.1
+    if P + "zero_grad_fraction" in row:
+        assert row[P + "zero_grad_fraction"] == 0.0
+
+
+CONTROLS = {"normal": _normal, "masked": _masked, "stuck": _stuck}
 
 
 def _study_file(tmp_path):
@@ -85,21 +99,27 @@ def _study_file(tmp_path):
     return p
 
 
-def test_three_controls_without_ray(tmp_path):
-    doc = load_study(_study_file(tmp_path))
-    assert [t.params["control"] for t in doc.trials] == [0, 1, 2]
-    bundle = load(doc.plan.parsed[doc.trials[0].trial_id].cfg.data)
+# The stuck control needs no attack (`evaluate: [accuracy]`): seconds, so it runs in the fast
+# suite; the other two evaluate the PGD profile with its checks (a minute or more on 2 cores).
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("control", [pytest.param(0, marks=SLOW), pytest.param(1, marks=SLOW), 2],
+                         ids=[NAMES[i] for i in range(3)])
+def test_control_without_ray(tmp_path, control):
+    doc = load_study(_study_file(tmp_path), sets=["evaluate=[accuracy]"] if NAMES[control] == "stuck" else None)
+    t = doc.trials[control]
+    assert t.params["control"] == control
     store = ResultStore(tmp_path / "out", health=doc.spec.health)
-    for t in doc.trials:
-        trial = {**t.to_ray(), "health": doc.spec.health.model_dump()}
-        store.record(trial, "completed", run_trial(trial, bundle))
-    rows = _by_control(pd.read_parquet(tmp_path / "out" / "trials.parquet"))
-    _assert_controls(rows)
-    # The masked control's gradient-free gap is a flag under the defaults; a study that
-    # tolerates it (tol 1) re-judges the same values without it, without retraining.
-    from raystudy.health import HealthOptions, judge
-    loose = HealthOptions.model_validate({"checks": {"gradient_free_gap": {"tol": 1.0}}})
-    assert "robustness.pgd.gradient_free_gap" not in judge(rows["masked"], loose)[1]
+    trial = {**t.to_ray(), "health": doc.spec.health.model_dump()}
+    store.record(trial, "completed", run_trial(trial, load(doc.plan.parsed[t.trial_id].cfg.data)))
+    row, = pd.read_parquet(tmp_path / "out" / "trials.parquet").to_dict("records")
+    CONTROLS[NAMES[control]](row)
+    if NAMES[control] == "masked":
+        # A study that tolerates a zero gradient re-judges the same values without that flag,
+        # without retraining.
+        loose = HealthOptions.model_validate({"checks": {"zero_grad_fraction": {"tol": 1.0}}})
+        assert "robustness.pgd.zero_grad_fraction" not in judge(row, loose)[1]
 
 
 @pytest.mark.slow
@@ -109,7 +129,8 @@ def test_three_controls_through_ray(ray_local, tmp_path, capsys):
     assert rc == 0
     trials = pd.read_parquet(res / "health_controls" / "trials.parquet")
     assert len(trials) == 3
-    _assert_controls(_by_control(trials))
+    for name, row in _by_control(trials).items():
+        CONTROLS[name](row)
     printed = capsys.readouterr().out
     # The run warns once per unhealthy trial (raystudy.healthview), the masked and the stuck.
     assert printed.count("unhealthy trial") == 2, printed
