@@ -261,3 +261,17 @@ def test_hessian_without_health_options_measures_nothing_extra():
     data = DeviceData("q", x, y, x[:0], y[:0], x, y, DataInfo(1, 1, 1, 2, (0.0,), (1.0,)))
     res = hessian(EvalContext(model=m, data=data, device=torch.device("cpu")), HessianOptions(trace=False))
     assert not any(k.startswith(H) for k in res.scalars)
+
+
+def test_status_rejudges_recorded_values_under_the_studys_health_section():
+    """raystudy.healthview.rejudge (status, report) with the real judge: the tolerance recorded
+    in study.json decides, the values stay as measured."""
+    from raystudy.healthview import rejudge
+    row = {"trial_id": "a", "status": "completed", "health.robustness.pgd.gradient_free_gap": 0.12,
+           "health.robustness.pgd.gradient_free_gap_se": 0.0, "health.ok": True, "health.flags": ""}
+    strict, = rejudge([row], {"health": {}})
+    assert (strict["health.ok"], strict["health.flags"]) == (False, "robustness.pgd.gradient_free_gap")
+    loose, = rejudge([row], {"health": {"checks": {"gradient_free_gap": {"tol": 0.2}}}})
+    assert (loose["health.ok"], loose["health.flags"]) == (True, "")
+    off, = rejudge([row], {"health": {"enabled": False}})
+    assert off["health.ok"] is True
