@@ -19,6 +19,7 @@ from ..errors import StudyError
 from ..registry import ATTACKS, METRICS
 from ..spec.types import Number
 from .base import Metric, MetricOptions, MetricResult, Run
+from .health_checks import add_cummin, profile_checks
 
 
 def eps_label(e: float) -> str:
@@ -164,6 +165,8 @@ class Robustness(Metric):
         res.scalars[f"{key}.consistency_auc"] = normalized_auc(declared, [rows[e][1] for e in declared])
         for e in acc_at:
             res.scalars[f"{key}.acc@{eps_label(float(e))}"] = rows[float(e)][0]
+        add_cummin(res.curves)
+        res.scalars.update(profile_checks(run, o, norm, rows, clean, hp))
         return res
 
 
