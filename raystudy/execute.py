@@ -162,13 +162,7 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = bundle.to(device)
-    model = build_model(parsed.model, data.info).to(device)
-    if init_state is None and cfg.train.init_from is not None:
-        # `init_weights`: the source's model.pt, resolved by the driver when it planned the run.
-        from .warmstart import load_init_state
-        init_state = load_init_state(parsed.init_from, model, weights=trial.get("init_weights"))
-    if init_state is not None:
-        model.load_state_dict(init_state)
+    model = _model(parsed, data, device, trial, init_state)
     if on_model is not None:
         on_model(model)
     resume = reporter.restore()
@@ -212,6 +206,18 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     })
     reporter.final(final)
     return final
+
+
+def _model(parsed, data, device, trial: dict, init_state: dict | None):
+    """The trial's model on its device, with warm-start weights when it has any."""
+    model = build_model(parsed.model, data.info).to(device)
+    if init_state is None and parsed.cfg.train.init_from is not None:
+        # `init_weights`: the source's model.pt, resolved by the driver when it planned the run.
+        from .warmstart import load_init_state
+        init_state = load_init_state(parsed.init_from, model, weights=trial.get("init_weights"))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    return model
 
 
 def set_threads(cpus: float) -> None:
