@@ -32,6 +32,8 @@ def plan_record(study: StudyDocument) -> dict:
         "axes": independent_axes(study.spec.space, study.file),
         "report": study.spec.report,
         "claims": [c.model_dump(mode="json", exclude_none=True) for c in study.spec.claims],
+        # The health options the trials were judged with (`raystudy status` re-judges with them).
+        "health": study.spec.health.model_dump(),
         "trials": [t.to_ray() for t in plan.trials],
     }
 

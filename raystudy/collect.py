@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import StudyError
+from .health import HealthOptions
 from .layout import (ERROR_FILE, MODEL_FILE, PARAMS_FILE, PLAN, RESULT_FILE, STATE_FILE, STOPPED_FILE, Layout,
                      newest_checkpoint)
 from .results import ResultStore, error_reason, write_json_atomic
@@ -60,6 +61,16 @@ def read_trial_dir(tdir: Path) -> dict | None:
     return rec
 
 
+def _recorded_health(out: Path):
+    """The study's `health:` options as recorded in study.json (defaults without one), so the
+    rebuilt rows are judged as `raystudy run` judged them."""
+    try:
+        plan = json.loads((out / PLAN).read_text())
+    except (OSError, ValueError):
+        plan = {}
+    return HealthOptions.model_validate(plan.get("health") or {})
+
+
 def collect(out: Path) -> int:
     """Rebuild trials/curves/epochs.parquet under `out` (a results/<study> folder).
 
@@ -84,6 +95,7 @@ def collect(out: Path) -> int:
             if prev is None or rec["status"] == "completed" or prev["status"] != "completed":
                 chosen[tid] = rec
     store = ResultStore.empty(out)
+    store.health = _recorded_health(out)
     for tid, rec in chosen.items():
         seen: dict[int, dict] = {}
         for e in rec["epochs"]:

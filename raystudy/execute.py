@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from .bestepoch import BestEpoch
+from .health import HealthOptions
 from .metrics.base import EvalContext
 from .models import build_model, count_parameters
 from .provenance import environment
@@ -22,6 +23,7 @@ from .spec.selection import VAL_PREFIX, val_options
 from .spec.validate import validate_trial
 from .stats import encode
 from .train import fit
+from .training_health import training_checks
 
 
 class Reporter(Protocol):
@@ -60,11 +62,13 @@ def json_safe(v: Any) -> Any:
 
 
 def evaluate(parsed, model, data, device, *, artifacts: Path | None = None,
-             outcomes: list | None = None) -> tuple[dict, list, dict]:
+             health: HealthOptions | None = None, outcomes: list | None = None) -> tuple[dict, list, dict]:
     """Run every declared metric; returns (scalars and text notes, curve rows, seconds per metric)
-    and, given a list `outcomes`, appends the metrics' per-example outcomes to it."""
+    and, given a list `outcomes`, appends the metrics' per-example outcomes to it. With `health`,
+    metrics that have health checks (robustness, hessian) also measure them."""
     ctx = EvalContext(model=model, data=data, device=device, seed=parsed.cfg.seed,
-                      batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed)
+                      batch_size=parsed.cfg.train.eval_batch_size, artifacts=artifacts, trial=parsed,
+                      extra={"health": health} if health is not None else {})
     scalars: dict[str, Any] = {}
     curves: list[dict] = []
     timings: dict[str, float] = {}
@@ -159,13 +163,7 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = bundle.to(device)
-    model = build_model(parsed.model, data.info).to(device)
-    if init_state is None and cfg.train.init_from is not None:
-        # `init_weights`: the source's model.pt, resolved by the driver when it planned the run.
-        from .warmstart import load_init_state
-        init_state = load_init_state(parsed.init_from, model, weights=trial.get("init_weights"))
-    if init_state is not None:
-        model.load_state_dict(init_state)
+    model = _model(parsed, data, device, trial, init_state)
     if on_model is not None:
         on_model(model)
     resume = reporter.restore()
@@ -180,7 +178,11 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     t_eval = time.perf_counter()
     model.eval()
     outcomes: list[dict] = []
-    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts, outcomes=outcomes)
+    # The study's `health:` section rides beside the config (it is not part of the trial's id).
+    health = HealthOptions.model_validate(trial.get("health") or {})
+    scalars, curves, timings = evaluate(parsed, model, data, device, artifacts=artifacts, health=health,
+                                        outcomes=outcomes)
+    scalars.update(training_checks(fs.history, model, data, health, cfg.seed))
     curves = epoch_curves + curves
     eval_s = time.perf_counter() - t_eval
     final = {k: json_safe(v) for k, v in scalars.items()}
@@ -205,6 +207,18 @@ def run_trial(trial: dict, bundle, reporter: Reporter | None = None, *,
     })
     reporter.final(final)
     return final
+
+
+def _model(parsed, data, device, trial: dict, init_state: dict | None):
+    """The trial's model on its device, with warm-start weights when it has any."""
+    model = build_model(parsed.model, data.info).to(device)
+    if init_state is None and parsed.cfg.train.init_from is not None:
+        # `init_weights`: the source's model.pt, resolved by the driver when it planned the run.
+        from .warmstart import load_init_state
+        init_state = load_init_state(parsed.init_from, model, weights=trial.get("init_weights"))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    return model
 
 
 def set_threads(cpus: float) -> None:

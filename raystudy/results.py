@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from .health import HealthOptions, summary_columns
 from .layout import CURVES, EPOCHS, OUTCOMES, PLAN, TRIALS, Layout
 from .spec.paths import get_path, has_path
 from .stats import decode
@@ -110,8 +111,10 @@ def _with_hint(line: str) -> str:
 class ResultStore:
     """The study's tables; thread-safe, rewritten atomically after each change."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, health: HealthOptions | None = None):
         self.out = Path(out)
+        # The study's `health:` options: `record` judges each trial's health values with them.
+        self.health = health
         self.lock = threading.Lock()
         self.rows: dict[str, dict] = {}
         self.curves: dict[str, list[dict]] = {}
@@ -123,7 +126,7 @@ class ResultStore:
     def empty(cls, out: Path) -> "ResultStore":
         """A store that ignores the tables on disk (for rebuilding them: `raystudy collect`)."""
         self = cls.__new__(cls)
-        self.out, self.lock = Path(out), threading.Lock()
+        self.out, self.lock, self.health = Path(out), threading.Lock(), None
         self.rows, self.curves, self.epochs, self.outcomes = {}, {}, {}, {}
         return self
 
@@ -177,6 +180,8 @@ class ResultStore:
                 epochs = json.loads(result["_history"])
         if extra:
             row.update({k: _cell(v) for k, v in extra.items()})
+        # health.ok / health.flags from the values the worker measured (raystudy.health.judge).
+        row.update(summary_columns(row, getattr(self, "health", None)))
         with self.lock:
             prev = self.rows.get(tid, {})
             row["runs"] = runs if runs is not None else int(prev.get("runs", 0) or 0) + 1

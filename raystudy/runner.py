@@ -164,7 +164,8 @@ def _tuner(study: StudyDocument, layout: Layout, name: str, trials: list[dict] |
 
     from .trainable import trainable
     res = study.spec.resources
-    fn = tune.with_parameters(trainable, bundles=bundles, cpus=res.cpu)
+    # The study's `health:` options travel beside each trial (study-level: not in its id).
+    fn = tune.with_parameters(trainable, bundles=bundles, cpus=res.cpu, health=study.spec.health.model_dump())
     fn = tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
     fn = study_trainable(fn, study.name)   # actors named <study>:<trial id> on the dashboard
     return tune.Tuner(
@@ -316,7 +317,7 @@ def run_study(study: StudyDocument, results: str | Path = "results", *, address:
     t0 = time.perf_counter()
     layout = Layout(Path(results) / study.name)
     moved = _open_folder(study, layout, force_new, verbose)
-    store = ResultStore(layout.out)
+    store = ResultStore(layout.out, health=study.spec.health)
     code = code or code_record()
     rerun = _code_check(study, store, code, code_policy)
     summary = RunSummary(out=layout.out, total=len(study.trials), moved_to=moved)

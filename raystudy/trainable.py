@@ -115,10 +115,10 @@ class TuneReporter:
         if not self.restored and any(f["kind"] == "leak" for f in self.faults):
             leak_process_state()
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, values: dict | None = None) -> None:
         last = self.history[-1] if self.history else {}
         tune.report({"final": True, "_failed": reason, "epochs_run": last.get("epoch", self.resumed_from_epoch),
-                     **self._extras()})
+                     **(values or {}), **self._extras()})
 
     def restore(self) -> dict | None:
         state = None
@@ -160,8 +160,8 @@ def _node_id() -> str | None:
         return None
 
 
-def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0) -> None:
-    trial = config["trial"]
+def trainable(config: dict, bundles: dict | None = None, cpus: float = 1.0, health: dict | None = None) -> None:
+    trial = config["trial"] if health is None else {**config["trial"], "health": health}
     # A reused worker ran other trials before this one: start from a fresh worker's state.
     with fresh_trial(int(trial["config"].get("seed", 0))):
         _run(trial, bundles, cpus)
@@ -183,4 +183,5 @@ def _run(trial: dict, bundles: dict | None, cpus: float) -> None:
     try:
         run_trial(trial, bundle, reporter, on_model=keep_model)
     except NonFiniteLoss as e:
-        reporter.failed(f"NonFiniteLoss: {e}")
+        # The nonfinite_loss health check's value: the trial stopped on a NaN/inf loss.
+        reporter.failed(f"NonFiniteLoss: {e}", {"health.nonfinite_loss": 1.0})

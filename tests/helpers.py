@@ -74,3 +74,13 @@ def assert_uncertainty_contract(res) -> None:
             assert oc["correct"].float().mean().item() == row["accuracy"]
             if "consistency" in props:
                 assert oc["consistent"].float().mean().item() == row["consistency"]
+
+
+def assert_health_recorded(trials) -> None:
+    """Every completed trial was judged (raystudy.health): a verdict and the training checks'
+    values; a robustness profile adds its own checks."""
+    assert trials["health.ok"].notna().all() and trials["health.flags"].notna().all()
+    assert trials["health.did_not_learn_loss_ratio"].notna().all()
+    for col in [c for c in trials.columns if c.startswith("robustness.") and c.endswith(".auc")]:
+        if col.startswith(("robustness.pgd", "robustness.fgsm")):
+            assert trials[f"health.{col[:-4]}.zero_grad_fraction"].notna().all(), col

@@ -17,6 +17,8 @@ def test_quickstart_smoke_through_ray(ray_local, tmp_path, capsys):
     assert set(trials["train.augment.rotation"]) == {0, 60} and set(trials["seed"]) == {0, 1}
     assert trials["accuracy"].between(0, 1).all() and (trials["epochs_run"] == 1).all()
     assert (trials["model.arch"] == "stdcnn_mnist").all()
+    from helpers import assert_health_recorded
+    assert_health_recorded(trials)
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert len(epochs) == 4 and set(epochs["augment.rotation"]) == {0.0, 60.0}
     assert (out / "curves.parquet").exists() and (out / "study.json").exists()

@@ -51,3 +51,39 @@ def test_sgr_cnn_matches_carlini_wagner_sizes():
     convs = [mod.out_channels for mod in cifar.modules() if isinstance(mod, torch.nn.Conv2d)]
     dense = [mod.out_features for mod in cifar.modules() if isinstance(mod, torch.nn.Linear)]
     assert convs == [64, 64, 128, 128] and dense == [256, 256, 10]
+
+
+# ------------------------------------------------------------- input_transform (every model)
+
+def test_every_model_takes_input_transform():
+    from raystudy.models.base import ModelOptions
+    for name in MODELS.names():
+        assert issubclass(MODELS.get(name).schema, ModelOptions), name
+    from raystudy.spec.validate import validate_trial
+    with pytest.raises(StudyError, match="model.input_transform"):
+        validate_trial({"model": {"arch": "mlp", "input_transform": {"name": "quantize", "levels": 1}}})
+    with pytest.raises(StudyError, match="model.input_transform"):
+        validate_trial({"model": {"arch": "mlp", "input_transform": {"name": "blur"}}})
+
+
+@pytest.mark.parametrize("spec,expect", [({"name": "binarize", "threshold": 0.5}, lambda x: (x > 0.5).float()),
+                                         ({"name": "quantize", "levels": 3}, lambda x: torch.round(x * 2) / 2)])
+def test_input_transform_is_applied_in_front_with_zero_input_gradient(spec, expect):
+    from raystudy.models import build_model
+    from raystudy.spec.validate import validate_trial
+    info = DataInfo(1, 8, 8, 4, (0.5,), (0.25,))
+    plain = build_model(validate_trial({"model": {"arch": "mlp", "hidden": [16]}}).model, info).eval()
+    masked = build_model(validate_trial({"model": {"arch": "mlp", "hidden": [16],
+                                                   "input_transform": spec}}).model, info).eval()
+    # The same keys: a checkpoint loads with or without the transform.
+    assert masked.state_dict().keys() == plain.state_dict().keys()
+    masked.load_state_dict(plain.state_dict())
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    out = masked(x)
+    torch.testing.assert_close(out, plain(expect(x.detach())))
+    assert not torch.allclose(out, plain(x))
+    g, = torch.autograd.grad(out.sum(), x)
+    assert (g == 0).all()
+    # Without the transform the same model has an input gradient.
+    g, = torch.autograd.grad(plain(x).sum(), x)
+    assert (g != 0).any()

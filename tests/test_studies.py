@@ -11,6 +11,8 @@ import pytest
 
 from raystudy.spec.load import load_study
 
+from helpers import assert_health_recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "studies").rglob("*.yaml"))
 IDS = [str(p.relative_to(ROOT / "studies")) for p in STUDIES]
@@ -169,7 +171,9 @@ def _run_smoke(name, tmp_path):
     claims = tables.extra["claims"]
     assert list(claims["claim"]) == [c.name for c in study.spec.claims]
     assert set(claims["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+    assert_health_recorded(tables.trials)
     return study, tables
+
 
 
 def _charts_build(study, tables):
@@ -339,4 +343,5 @@ def test_every_other_study_smoke_runs_through_ray(ray_local, tmp_path, path):
     assert summary.failed == 0, summary.failures
     assert summary.completed == len(study.trials)
     assert (load(summary.out).trials["status"] == "completed").all()
+    assert_health_recorded(load(summary.out).trials)
 

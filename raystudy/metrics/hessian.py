@@ -36,6 +36,7 @@ from torch import nn
 
 from ..registry import METRICS
 from .base import Metric, MetricOptions, MetricResult, Run, Split, not_taken
+from .health_checks import eigen_shortfall
 
 NoN = not_taken("hessian's subset size is 'samples' (examples the loss is averaged over)")
 
@@ -223,6 +224,24 @@ def _top_eigenvalues(h, top_n: int, max_iter: int, tol: float) -> dict[str, floa
     return out
 
 
+def _eigen_agreement(h, scalars: dict, o: HessianOptions, health, device: torch.device) -> dict[str, float]:
+    """`health.hessian.eigen_agreement`: the power-iteration eigenvalues against the Ritz
+    values of one Lanczos run (full reorthogonalization, a Rademacher start), which needs no
+    gap between eigenvalues to find them. Power iteration with a relative-change stopping rule
+    can stop on the wrong eigenvalue when two are close in magnitude, with a residual that looks
+    like a converged one; see health_checks.eigen_shortfall for why the comparison is sound."""
+    if health is None or not health.on("eigen_agreement"):
+        return {}
+    f, dim = flat_hvp(h)
+    steps = max(health.check("eigen_agreement").lanczos_steps, o.top_n + 1)
+    g = torch.Generator(device=device).manual_seed(o.seed + 1)
+    nodes, weights = slq(f, dim, steps, 1, g, device)
+    # Slots after an early end of the Krylov space repeat the top node with weight 0.
+    ritz = nodes[0][weights[0] > 0].tolist()
+    power = [scalars[f"hessian.top{k}"] for k in range(1, o.top_n + 1)]
+    return {"health.hessian.eigen_agreement": eigen_shortfall(power, ritz)}
+
+
 def _trace(h, samples: int, tol: float) -> dict[str, float]:
     """Hutchinson's estimate: the mean of the probes, its standard error and the probe count."""
     probes = torch.tensor(h.trace(maxIter=samples, tol=tol), dtype=torch.float64)
@@ -254,6 +273,7 @@ class Hessian(Metric):
         with _hessian_session(run.model, run.x, run.y, o.batch_size, device, o.seed) as h:
             if o.top_n:
                 res.scalars.update(_top_eigenvalues(h, o.top_n, o.max_iter, o.tol))
+                res.scalars.update(_eigen_agreement(h, res.scalars, o, run.ctx.extra.get("health"), device))
             if o.trace:
                 res.scalars.update(_trace(h, o.trace_samples, o.trace_tol))
             if o.density:

@@ -31,6 +31,7 @@ from ..registry import ATTACKS, METRICS
 from ..spec.types import Number
 from ..stats import PROPORTIONS
 from .base import Metric, MetricOptions, MetricResult, Run
+from .health_checks import add_cummin, profile_checks
 
 
 def eps_label(e: float) -> str:
@@ -225,6 +226,8 @@ class Robustness(Metric):
         res.scalars[f"{key}.not_fooled_auc"] = normalized_auc(declared, [1.0 - fooled[e] for e in declared])
         for e in acc_at:
             res.scalars[f"{key}.acc@{eps_label(float(e))}"] = rows[float(e)][0]
+        add_cummin(res.curves)
+        res.scalars.update(profile_checks(run, o, norm, rows, clean, hp))
         return res
 
     def outputs(self, o: RobustnessOptions):

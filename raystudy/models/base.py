@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal, Union
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from ..registry import MODELS
+from ..registry import MODELS, Options
 
 
 class Normalize(nn.Module):
@@ -57,6 +57,65 @@ InputMask = Annotated[bool, Field(description=(
     "use the same value on both twins of a comparison"))]
 
 
+class Binarize(Options):
+    name: Literal["binarize"]
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class Quantize(Options):
+    name: Literal["quantize"]
+    levels: int = Field(ge=2, description="grey levels per channel, 0 and 1 included")
+
+
+InputTransformSpec = Annotated[Union[Binarize, Quantize], Field(discriminator="name")]
+
+
+class ModelOptions(Options):
+    """Options every model takes (each model's options class subclasses this)."""
+
+    input_transform: InputTransformSpec | None = Field(None, description=(
+        "an input-transformation defence in front of the model: {name: binarize, threshold: 0.5} "
+        "or {name: quantize, levels: K}; its input gradient is zero (a positive control for the "
+        "gradient-masking checks)"))
+
+
+class InputTransform(nn.Module):
+    """Binarizes or quantizes the input in [0, 1] before the model sees it: the classic
+    obfuscated-gradient defence (Athalye et al., ICML 2018, Sec. 4.1: "shattered gradients";
+    Xu et al.'s bit-depth reduction is `quantize`). Its gradient w.r.t. the input is exactly
+    zero, so gradient attacks find nothing while the model is no more robust than its
+    transform's bins make it: what the health checks must flag."""
+
+    def __init__(self, spec: Binarize | Quantize):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.spec, Binarize):
+            # `+ 0 * x` keeps the output on x's autograd graph, with a gradient of exactly 0:
+            # attacks then run (and see nothing) instead of failing on a disconnected graph.
+            return (x > self.spec.threshold).to(x.dtype) + 0 * x
+        k = self.spec.levels - 1
+        return torch.round(x * k) / k   # round's gradient is 0 everywhere
+
+    def extra_repr(self) -> str:
+        return repr(self.spec)
+
+
+def _transform_input(model: nn.Module, args: tuple):
+    return (model.input_transform(args[0]),) + tuple(args[1:])
+
+
+def add_input_transform(model: nn.Module, spec: Binarize | Quantize | None) -> nn.Module:
+    """Put the transform in front of `model`, in place. A forward pre-hook (not a wrapper
+    module) keeps the state_dict's keys: checkpoints load with or without the transform,
+    and the transform holds no tensors."""
+    if spec is not None:
+        model.input_transform = InputTransform(spec)
+        model.register_forward_pre_hook(_transform_input)
+    return model
+
+
 def input_mask(opts, info) -> nn.Module:
     """The model's input mask for option `mask` (identity when off)."""
     return DiskMask(info.height, info.width) if opts.mask else nn.Identity()
@@ -74,7 +133,7 @@ def resolve_stats(opts, info):
 def build_model(named, info) -> nn.Module:
     """Build the registered model `named.name` with validated options for `info`."""
     entry = MODELS.get(named.name, path="model.arch")
-    return entry.obj(named.options, info)
+    return add_input_transform(entry.obj(named.options, info), getattr(named.options, "input_transform", None))
 
 
 def count_parameters(model: nn.Module) -> int:

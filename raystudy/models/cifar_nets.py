@@ -12,8 +12,8 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import StudyError
-from ..registry import MODELS, Options
-from .base import InputMask, Normalize, input_mask, resolve_stats
+from ..registry import MODELS
+from .base import InputMask, ModelOptions, Normalize, input_mask, resolve_stats
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -22,7 +22,7 @@ def scaled(c: int, width: float) -> int:
     return max(1, round(c * width))
 
 
-class CIFAROptions(Options):
+class CIFAROptions(ModelOptions):
     width: float = Field(1.0, gt=0)
     batchnorm: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

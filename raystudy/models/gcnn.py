@@ -40,13 +40,13 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from ..registry import MODELS, Options
-from .base import InputMask, Normalize, input_mask, resolve_stats
+from ..registry import MODELS
+from .base import InputMask, ModelOptions, Normalize, input_mask, resolve_stats
 from .gcnn_layers import (GROUP_ORDER, EqConv2d, FieldBatchNorm, Group, GroupPool, basis_dim,
                           check_square_input, matched_fields)
 
 
-class GCNNOptions(Options):
+class GCNNOptions(ModelOptions):
     group: Group = "c4"
     # The StdCNN twin's widths; the matching rule turns them into field counts.
     channels: list[int] = Field(default_factory=lambda: [32, 32, 64, 64], min_length=4, max_length=4)
@@ -127,7 +127,7 @@ def gcnn_mnist(opts: GCNNOptions, info) -> nn.Module:
 
 # ------------------------------------------------------------------ CIFAR GCNNs
 
-class GCIFAROptions(Options):
+class GCIFAROptions(ModelOptions):
     group: Group = "c4"
     # Multiplies the StdCNN twin's widths (use the same value on both twins).
     width: float = Field(1.0, gt=0)

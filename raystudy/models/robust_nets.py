@@ -16,11 +16,11 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..errors import StudyError
-from ..registry import MODELS, Options
-from .base import Normalize, resolve_stats
+from ..registry import MODELS
+from .base import ModelOptions, Normalize, resolve_stats
 
 
-class LeNetMadryOptions(Options):
+class LeNetMadryOptions(ModelOptions):
     channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=2, max_length=2)
     hidden: int = Field(1024, ge=1)
     mean: list[float] | None = None
@@ -90,7 +90,7 @@ class MadryUnit(nn.Module):
         return out + short
 
 
-class ResNetMadryOptions(Options):
+class ResNetMadryOptions(ModelOptions):
     widen: int = Field(10, ge=1)
     units: int = Field(5, ge=1)
     per_image: bool = True
@@ -144,7 +144,7 @@ class WideBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(a))
 
 
-class WRNOptions(Options):
+class WRNOptions(ModelOptions):
     depth: int = Field(34, ge=10)
     widen: int = Field(10, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

@@ -16,13 +16,13 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import StudyError
-from ..registry import MODELS, Options
-from .base import Normalize, resolve_stats
+from ..registry import MODELS
+from .base import ModelOptions, Normalize, resolve_stats
 
 SGR_PARAMS = {"mnist": [32, 32, 64, 64, 200, 200], "cifar": [64, 64, 128, 128, 256, 256]}
 
 
-class SGRCNNOptions(Options):
+class SGRCNNOptions(ModelOptions):
     # 'auto': the MNIST list for 1-channel data, the CIFAR list otherwise.
     variant: Literal["auto", "mnist", "cifar"] = "auto"
     # Explicit [conv1, conv2, conv3, conv4, dense1, dense2]; overrides `variant`.
@@ -67,7 +67,7 @@ def sgr_cnn(opts: SGRCNNOptions, info) -> nn.Module:
     return SGRCNN(opts, info)
 
 
-class MLPOptions(Options):
+class MLPOptions(ModelOptions):
     hidden: list[int] = Field(default_factory=lambda: [512, 512])
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     mean: list[float] | None = None

@@ -15,11 +15,11 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from ..registry import MODELS, Options
-from .base import InputMask, Normalize, input_mask, resolve_stats
+from ..registry import MODELS
+from .base import InputMask, ModelOptions, Normalize, input_mask, resolve_stats
 
 
-class StdCNNOptions(Options):
+class StdCNNOptions(ModelOptions):
     channels: list[int] = Field(default_factory=lambda: [32, 32, 64, 64], min_length=4, max_length=4)
     hidden: int = Field(256, ge=1)
     kernel: int = Field(3, ge=1)

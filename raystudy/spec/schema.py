@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from ..health import HealthOptions
 from .tunespec import SchedulerSpec, SearchSpec, TrackingSpec
 from .claimspec import ClaimSpec
 from .types import Angle
@@ -239,6 +240,8 @@ class StudySpec(Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Study-level steps that run after all trials (e.g. transfer attacks).
     after: list[Any] = Field(default_factory=list)
+    # Which health checks run and their tolerances (raystudy.health); not part of a trial's id.
+    health: HealthOptions = Field(default_factory=HealthOptions)
     # Copies of every trial's numbers in TensorBoard / MLflow / W&B (spec/tunespec.py).
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     # What the papers claim, as comparisons and trends with a verdict after every run
