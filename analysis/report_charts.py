@@ -234,3 +234,7 @@ class CuspTableChart(TableChart):
 
     def build(self, data: ChartData) -> alt.TopLevelMixin:
         return charts.cusp_table_chart(self.table(data), self.rows, self.columns, title=self.title)
+
+
+# Charts in files of their own (imported here so that loading this module registers them).
+from . import corruption_chart  # noqa: E402,F401

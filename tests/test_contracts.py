@@ -86,6 +86,7 @@ METRIC_CASES = {
     "perturbation_pca": {"attack": "fgsm", "n": 16, "k": 3},
     "perturbation_covariance": {"attack": "fgsm", "n": 16},
     "lrc_noise": {"decay_lengths": [2.0], "strengths": [0, 0.2], "k": 2, "n": 16},
+    "corruption": {"corruptions": ["gaussian_noise", "motion_blur", "rotate"], "severities": [0, 3], "n": 16},
 }
 
 
@@ -133,6 +134,8 @@ OUTPUT_CASES = [(name, opts) for name, opts in METRIC_CASES.items()] + [
     ("svd_universal", {"n_fit": 4, "n_eval": 4, "attacks": ["fgsm"], "l2": [], "linf": [0.1], "random_draws": 1}),
     ("perturbation_covariance", {"attack": "pgd", "steps": 1, "n": 8}),
     ("lrc_noise", {"decay_lengths": [2.0, 5.5], "strengths": [0.1], "k": 1, "n": 8}),
+    ("corruption", {"corruptions": "mnist_c", "severities": [0, 5], "n": 8}),
+    ("corruption", {"corruptions": ["contrast"], "severities": [0], "n": 8}),
 ]
 
 
