@@ -8,6 +8,8 @@ Values follow simple formulas (plus seeded noise) so tests can predict them:
   spatial_attack.surface@ε  accuracy at (θ, ε): accuracy · (1 - |θ|/60 · (1 - rotation/180)) ·
                       max(0, 1 - ε / (0.05 + 0.25·[pgd_at]))
   hessian.top1        = 20 · (1 + [pgd_at]) + noise; hessian.density: a Gaussian bump at top1
+  corruption.*        accuracy at severity s: brightness accuracy · (1 - 0.03·s), rotate
+                      accuracy · (1 - 0.12·s·(1 - rotation/180)), mean: their mean
 Curve points carry n = 500 images and their Wilson intervals, as the metric template writes them.
 Health: every trial is judged; `UNHEALTHY` (PGD-AT without rotation, seed 1) fails
 `robustness.pgd.gradient_free_gap` (its value 0.12, the others 0.0).
@@ -74,6 +76,14 @@ def demo_values(trial: dict, rng: np.random.Generator) -> tuple[dict, list[dict]
                 "x_title": "rotation θ (degrees), then L∞ PGD at ε", "eps": e,
                 "accuracy": acc * (1 - abs(t) / 60 * (1 - rot / 180)) * max(0.0, 1 - e / (0.05 + 0.25 * adv))}
                for t in (-30.0, 0.0, 30.0) for e in (0.0, 0.1)]
+    # Common corruptions (metrics/corruption.py): brightness costs every model a little, rotation
+    # costs a model trained without rotations much more.
+    drop = {"brightness": lambda s: 0.03 * s, "rotate": lambda s: 0.12 * s * (1 - rot / 180)}
+    for s in range(6):
+        accs = {k: acc * (1 - f(s)) for k, f in drop.items()}
+        accs["mean"] = sum(accs.values()) / len(drop)
+        curves += [{"metric": f"corruption.{k}", "x": s, "x_title": "severity", "accuracy": a,
+                    "consistency": 1 - (acc - a)} for k, a in accs.items()]
     curves = [add_intervals(c, N_IMAGES) for c in curves]
     grid = np.linspace(-5, 60, 66)
     dens = 0.95 * np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi) + 0.05 * np.exp(-(grid - top1) ** 2 / 2) / np.sqrt(2 * np.pi)

@@ -237,3 +237,5 @@ class CuspTableChart(TableChart):
 
 
 from . import surface_chart  # noqa: E402,F401 - registers the `surface` chart (its own file)
+# Charts in files of their own (imported here so that loading this module registers them).
+from . import corruption_chart  # noqa: E402,F401

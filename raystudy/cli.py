@@ -178,7 +178,13 @@ def cmd_report(args) -> int:
         from analysis.report import build_report
     except ImportError:
         raise StudyError("the report builder is not installed", hint="pip install -e .") from None
-    path = build_report(Path(args.dir), out=Path(args.out) if args.out else None, png=not args.no_png)
+    out = Path(args.out) if args.out else None
+    if len(args.dir) > 1:
+        # Several studies: their shared metrics on one page, the study as the colour.
+        from analysis.compare import build_cross_report
+        path = build_cross_report([Path(d) for d in args.dir], out=out, png=not args.no_png)
+    else:
+        path = build_report(Path(args.dir[0]), out=out, png=not args.no_png)
     print(f"report: {path}")
     return 0
 
@@ -255,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir")
     sp.set_defaults(fn=cmd_status)
 
-    sp = sub.add_parser("report", help="render the study's charts to HTML and PNG")
-    sp.add_argument("dir")
+    sp = sub.add_parser("report", help="render the study's charts to HTML and PNG; several folders: "
+                                       "their shared metrics overlaid, the study as the colour")
+    sp.add_argument("dir", nargs="+")
     sp.add_argument("--out")
     sp.add_argument("--no-png", action="store_true")
     sp.set_defaults(fn=cmd_report)

@@ -9,10 +9,14 @@ case fails `test_every_registered_entry_has_a_contract_case` (and its own parame
 
 from __future__ import annotations
 
+import atexit
 import copy
 import io
 import math
 import pickle
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,6 +88,7 @@ METRIC_CASES = {
     "lrc_noise": {"decay_lengths": [2.0], "strengths": [0, 0.2], "k": 2, "n": 16},
     "spatial_attack": {"n": 16, "grid_angles": 3, "grid_shifts": 3, "k": 3,
                        "surface": {"angles": [0, 90], "eps": [0, 0.1], "steps": 2}},
+    "corruption": {"corruptions": ["gaussian_noise", "motion_blur", "rotate"], "severities": [0, 3], "n": 16},
 }
 
 
@@ -133,6 +138,8 @@ OUTPUT_CASES = [(name, opts) for name, opts in METRIC_CASES.items()] + [
     ("lrc_noise", {"decay_lengths": [2.0, 5.5], "strengths": [0.1], "k": 1, "n": 8}),
     ("spatial_attack", {"modes": ["random"], "n": 8, "surface": {"angles": [30], "eps": [0, "8/255"], "steps": 1}}),
     ("spatial_attack", {"modes": ["grid"], "grid_angles": 1, "translation": 1, "n": 8}),
+    ("corruption", {"corruptions": "mnist_c", "severities": [0, 5], "n": 8}),
+    ("corruption", {"corruptions": ["contrast"], "severities": [0], "n": 8}),
 ]
 
 
@@ -427,6 +434,32 @@ MODEL_CASES = {
     "sgr_cnn[cifar]": (COLOR, {"params": [4, 4, 8, 8, 16, 16], "dropout": 0.5}),
     "mlp": (GRAY, {"hidden": [32, 16], "dropout": 0.1}),
 }
+
+
+def _external_files() -> dict[str, str]:
+    """Weight files for the models that load one, written once into a folder removed at exit:
+    a StdCNN state dict (checkpoint), a scripted CNN (torchscript), a RobustBench-layout
+    WRN-10-1 (robustbench)."""
+    from test_external_models import RBWideResNet
+    d = Path(tempfile.mkdtemp(prefix="raystudy-contracts-"))
+    atexit.register(shutil.rmtree, d, True)
+    torch.manual_seed(5)
+    std = MODELS.get("stdcnn_mnist")
+    torch.save(std.obj(std.schema.model_validate(EXTERNAL_BASE), GRAY).state_dict(), d / "std.pt")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 20 * 20, 10))
+    torch.jit.save(torch.jit.script(net), str(d / "net.pt"))
+    torch.save(RBWideResNet(depth=10, widen=1).state_dict(), d / "rb.pt")
+    return {k: str(d / f) for k, f in (("checkpoint", "std.pt"), ("torchscript", "net.pt"), ("robustbench", "rb.pt"))}
+
+
+EXTERNAL_BASE = {"channels": [4, 4, 8, 8], "hidden": 16, "batchnorm": True, "dropout": 0.1}
+EXTERNAL = _external_files()
+MODEL_CASES.update({
+    "checkpoint": (GRAY, {"path": EXTERNAL["checkpoint"], "base": "stdcnn_mnist", "base_options": EXTERNAL_BASE}),
+    "torchscript": (GRAY, {"path": EXTERNAL["torchscript"], "normalize": {"mean": [0.13], "std": [0.31]}}),
+    "robustbench": (COLOR, {"name": "Standard", "path": EXTERNAL["robustbench"], "depth": 10, "widen": 1}),
+})
 
 
 def _arch(case: str) -> str:

@@ -4,5 +4,5 @@ package registers every metric.
 """
 
 from .base import EvalContext, Metric, MetricOptions, MetricResult, Run, evaluation_mode, predict  # noqa: F401
-from . import accuracy, boundary, geometry, hessian, invariance, robustness, universal  # noqa: F401
+from . import accuracy, boundary, corruption, geometry, hessian, invariance, robustness, universal  # noqa: F401
 from . import spatial_attack  # noqa: F401
