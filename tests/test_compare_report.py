@@ -33,7 +33,8 @@ def test_combine_keeps_what_every_study_shares(two_studies):
     a, b = two_studies
     ov = combine([a, b])
     assert ov.studies == ["advinv", "cusp"]
-    assert ov.curve_metrics == ["robustness.pgd", "corruption.brightness", "corruption.rotate", "corruption.mean"]
+    assert ov.curve_metrics == ["robustness.pgd", "spatial_attack.surface@0", "spatial_attack.surface@0.1",
+                                "corruption.brightness", "corruption.rotate", "corruption.mean"]
     assert "accuracy" in ov.scalars and "hessian.top1" not in ov.scalars
     assert {"train.augment.rotation", "train.method.name"} <= set(ov.axes)
     assert "curve invariance.rotation: only in advinv" in ov.not_shared
