@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
-from ..health import HealthOptions
+from .healthspec import HealthOptions
 from .tunespec import SchedulerSpec, SearchSpec, TrackingSpec
 from .claimspec import ClaimSpec
 from .types import Angle
