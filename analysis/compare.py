@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from raystudy.errors import StudyError
 
 from .aggregate import aggregate
 from .charts import FMT, HEIGHT, WIDTH, curve_x_title, prep
-from .load import Tables, load, short_name
+from .load import Tables, config_label, load
 
 # Scalars that describe how a run went, not what the model does: never overlaid.
 _NOT_SCALARS = ("time.", "health.", "accuracy.val")
@@ -93,16 +92,6 @@ def _shared(tables: list[Tables], names: list[str]) -> tuple[list[str], list[str
     return shared_s, shared_c, notes
 
 
-def _rest_label(row: pd.Series, keys: list[str]) -> str:
-    parts = []
-    for k in keys:
-        v = row.get(k)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        parts.append(f"{short_name(k)}={v:g}" if isinstance(v, float) else f"{short_name(k)}={v}")
-    return ", ".join(parts) or "all"
-
-
 def combine(dirs: list[str | Path]) -> Overlay:
     """Load the results folders and keep what they share (see the module docstring)."""
     if len(dirs) < 2:
@@ -120,9 +109,9 @@ def combine(dirs: list[str | Path]) -> Overlay:
     for name, t in zip(names, tables):
         done = t.completed.copy()
         keys = [k for k in t.varied if k not in ("seed", "label")]
-        done["config"] = [_rest_label(r, keys) for _, r in done.iterrows()]
+        done["config"] = [config_label(r, keys) for _, r in done.iterrows()]
         for a in axes:
-            done[f"rest:{a}"] = [_rest_label(r, [k for k in keys if k != a]) for _, r in done.iterrows()]
+            done[f"rest:{a}"] = [config_label(r, [k for k in keys if k != a]) for _, r in done.iterrows()]
         ids = {tid: f"{name}/{tid}" for tid in done["trial_id"]}
         done = done.assign(study=name, trial_id=done["trial_id"].map(ids))
         trials.append(done[["trial_id", "study", "config", *axes, *[f"rest:{a}" for a in axes],

@@ -198,7 +198,8 @@ def short_name(path: str) -> str:
     return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
-def _label(row: pd.Series, keys: list[str]) -> str:
+def config_label(row: pd.Series, keys: list[str]) -> str:
+    """'lr=0.1, batch_size=64': the values of `keys` in a row (missing ones left out), or 'all'."""
     parts = []
     for k in keys:
         v = row.get(k)
@@ -239,7 +240,7 @@ def load(results_dir: str | Path) -> Tables:
     tables = Tables(path=out, name=plan.get("name", out.name), trials=trials, curves=curves,
                     epochs=epochs, plan=plan, extra=extra)
     keys = [k for k in tables.varied if k not in ("seed", "label")]
-    made = [_label(r, keys) for _, r in tables.trials.iterrows()] if len(trials) else []
+    made = [config_label(r, keys) for _, r in tables.trials.iterrows()] if len(trials) else []
     if "label" in tables.trials.columns and tables.trials["label"].notna().any():
         # The study named its rows itself (a free variable `label`): keep those names.
         tables.trials["label"] = tables.trials["label"].where(tables.trials["label"].notna(), made)

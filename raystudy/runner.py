@@ -57,6 +57,18 @@ class RunSummary:
     experiment: Path | None = None
     best: str | None = None   # tune.search: the best trial so far, in words
 
+    def skip(self, trial_id: str, row: dict) -> None:
+        """Count a trial an earlier run recorded (`row`: its trials.parquet row) as skipped."""
+        self.skipped += 1
+        st = row.get("status")
+        if st == "completed":
+            self.completed += 1
+        elif st == "stopped":
+            self.stopped += 1
+        else:
+            self.failed += 1
+            self.failures.append((trial_id, str(row.get("error"))))
+
 
 class StudyInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGINT) during a run: finished trials are saved; the same command resumes."""
@@ -91,14 +103,7 @@ def _to_run(study: StudyDocument, store: ResultStore, summary: RunSummary, retry
         if t.trial_id in rerun:
             todo.append(t)
         elif st in ("completed", "stopped") or (st == "error" and not retry_failed):
-            summary.skipped += 1
-            if st == "completed":
-                summary.completed += 1
-            elif st == "stopped":
-                summary.stopped += 1
-            else:
-                summary.failed += 1
-                summary.failures.append((t.trial_id, str(store.rows[t.trial_id].get("error"))))
+            summary.skip(t.trial_id, store.rows[t.trial_id])
         else:
             todo.append(t)
     return todo

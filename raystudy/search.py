@@ -314,15 +314,7 @@ class SearchRun:
         """The run's summary counts what earlier runs of this search recorded."""
         summary.total = max(self.spec.num_samples, len(self.points))
         for t, row in self.points:
-            summary.skipped += 1
-            st = row.get("status")
-            if st == "completed":
-                summary.completed += 1
-            elif st == "stopped":
-                summary.stopped += 1
-            else:
-                summary.failed += 1
-                summary.failures.append((t.trial_id, str(row.get("error"))))
+            summary.skip(t.trial_id, row)
 
     def describe(self) -> str:
         s = self.spec
