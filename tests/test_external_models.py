@@ -61,6 +61,19 @@ def test_checkpoint_gives_exactly_the_logits_of_the_model_that_wrote_it(tmp_path
         torch.testing.assert_close(m(_x()), src(_x()), rtol=0, atol=0)
 
 
+def test_an_external_model_takes_the_input_transform_defence(tmp_path):
+    # The masked-gradient positive control works on models raystudy did not train too.
+    src = _trained_stdcnn()
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    m = _model({"arch": "checkpoint", "path": str(tmp_path / "w.pt"), "base": "stdcnn_mnist",
+                "base_options": TINY, "input_transform": {"name": "binarize", "threshold": 0.5}}).eval()
+    x = _x().requires_grad_(True)
+    m(x).sum().backward()
+    assert x.grad is not None and torch.count_nonzero(x.grad) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(m(_x()), src((_x() > 0.5).float()), rtol=0, atol=0)
+
+
 def test_checkpoint_reads_a_training_checkpoint_under_key_with_a_dataparallel_prefix(tmp_path):
     src = _trained_stdcnn()
     state = {"module." + k: v for k, v in src.state_dict().items()}

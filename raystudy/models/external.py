@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import StudyError, pydantic_errors, raise_all
 from ..registry import MODELS, Options
-from .base import Normalize
+from .base import ModelOptions, Normalize
 
 EXTERNAL = ("checkpoint", "torchscript", "robustbench")
 
@@ -83,7 +83,7 @@ def check_fit(own: dict, state: dict, path: Path, where: str = "model.path") -> 
 
 # -------------------------------------------------------------------- checkpoint
 
-class CheckpointOptions(Options):
+class CheckpointOptions(ModelOptions):
     path: str = Field(description="the state dict file (torch.save(model.state_dict()))")
     base: str = Field(description="the registered architecture the weights belong to")
     base_options: dict[str, Any] = Field(default_factory=dict, description="that architecture's options")
@@ -136,7 +136,7 @@ class NormalizeOptions(Options):
         return self
 
 
-class TorchScriptOptions(Options):
+class TorchScriptOptions(ModelOptions):
     path: str = Field(description="a file written by torch.jit.save")
     normalize: NormalizeOptions | None = Field(None, description="standardize the [0, 1] input first")
 

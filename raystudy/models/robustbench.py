@@ -27,7 +27,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import StudyError, unknown_name_error
-from ..registry import MODELS, Options
+from ..registry import MODELS
+from .base import ModelOptions
 from .external import check_fit, read_state, resolve_file
 from .robust_nets import WideResNet, WRNOptions
 
@@ -41,7 +42,7 @@ ZOO = {
 }
 
 
-class RobustBenchOptions(Options):
+class RobustBenchOptions(ModelOptions):
     name: str = Field(description="the RobustBench model name, e.g. Standard")
     dataset: Literal["cifar10"] = "cifar10"
     threat: Literal["Linf", "L2", "corruptions"] = "Linf"
