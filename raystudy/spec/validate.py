@@ -174,13 +174,9 @@ def _stages(t: TrainSpec, attempt, file: str | None) -> list[Stage]:
     return stages
 
 
-def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
-    try:
-        cfg = TrialConfig.model_validate(config)
-    except ValidationError as e:
-        raise_all(pydantic_errors(e, TrialConfig, file=file))
-    errors: list[StudyError] = []
-
+def _attempter(errors: list[StudyError]):
+    """attempt(fn, *args): fn's result, or None with its StudyError(s) added to `errors`, so
+    one validation reports every mistake of a trial at once."""
     def attempt(fn, *a):
         try:
             return fn(*a)
@@ -189,6 +185,17 @@ def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
         except StudyError as e:
             errors.append(e)
         return None
+    return attempt
+
+
+def validate_trial(config: dict, file: str | None = None) -> ParsedTrial:
+    try:
+        cfg = TrialConfig.model_validate(config)
+    except ValidationError as e:
+        raise_all(pydantic_errors(e, TrialConfig, file=file))
+    errors: list[StudyError] = []
+
+    attempt = _attempter(errors)
 
     if cfg.data.dataset not in DATASETS:
         attempt(DATASETS.get, cfg.data.dataset, "data.dataset")
@@ -216,14 +223,7 @@ def _collect(fn, *args):
     """Run fn, raising every StudyError its `attempt` collected (as validate_trial does)."""
     errors: list[StudyError] = []
 
-    def attempt(f, *a):
-        try:
-            return f(*a)
-        except StudyErrors as e:
-            errors.extend(e.errors)
-        except StudyError as e:
-            errors.append(e)
-        return None
+    attempt = _attempter(errors)
 
     out = fn(attempt, *args)
     raise_all(errors)
