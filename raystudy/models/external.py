@@ -46,6 +46,12 @@ def resolve_file(path: str, key: str = "model.path") -> Path:
     return p
 
 
+def existing_file(path: str) -> str:
+    """`path` unchanged when it names a file (the options' `path` validator); else resolve_file's error."""
+    resolve_file(path)
+    return path
+
+
 def read_state(path: Path, key: str | None = None, where: str = "model.path") -> dict[str, torch.Tensor]:
     """The state dict in `path` (CPU tensors): `key` picks it out of a training checkpoint;
     a 'module.' prefix on every key (torch.nn.DataParallel) is dropped."""
@@ -89,11 +95,7 @@ class CheckpointOptions(ModelOptions):
     base_options: dict[str, Any] = Field(default_factory=dict, description="that architecture's options")
     key: str | None = Field(None, description="the entry of a training checkpoint holding the state dict")
 
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, v):
-        resolve_file(v)
-        return v
+    _exists = field_validator("path")(classmethod(lambda cls, v: existing_file(v)))
 
     @model_validator(mode="after")
     def _base(self):
@@ -140,11 +142,7 @@ class TorchScriptOptions(ModelOptions):
     path: str = Field(description="a file written by torch.jit.save")
     normalize: NormalizeOptions | None = Field(None, description="standardize the [0, 1] input first")
 
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, v):
-        resolve_file(v)
-        return v
+    _exists = field_validator("path")(classmethod(lambda cls, v: existing_file(v)))
 
 
 class Scripted(nn.Module):

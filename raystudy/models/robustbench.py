@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import StudyError, unknown_name_error
 from ..registry import MODELS
 from .base import ModelOptions
-from .external import check_fit, read_state, resolve_file
+from .external import check_fit, existing_file, read_state, resolve_file
 from .robust_nets import WideResNet, WRNOptions
 
 # (dataset, threat, name) -> (depth, widen, has sub_block1), from RobustBench's model zoo.
@@ -51,11 +51,7 @@ class RobustBenchOptions(ModelOptions):
     depth: int | None = Field(None, ge=10, description="another depth of the same WideResNet family")
     widen: int | None = Field(None, ge=1, description="another width of the same WideResNet family")
 
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, v):
-        resolve_file(v)
-        return v
+    _exists = field_validator("path")(classmethod(lambda cls, v: existing_file(v)))
 
     @model_validator(mode="after")
     def _known(self):
