@@ -31,6 +31,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from .deepfool import DeepFoolResult, deepfool_batched  # noqa: F401  (re-exported)
+from .gradmode import input_grad_only  # noqa: F401  (re-exported)
 from .registry import ATTACKS, Options
 from .spec.types import Number
 
@@ -85,6 +87,9 @@ class DeepFoolOptions(Options):
 class DeepFoolBatchedOptions(DeepFoolOptions):
     # Classes linearized per step: the label and the top others (the original uses 10).
     candidates: int = Field(10, ge=2)
+    # After the first step, linearize only this many candidates (those whose boundary looks
+    # nearest); null: every candidate at every step, as in the original (raystudy/deepfool.py).
+    track: int | None = Field(2, ge=1)
 
 
 class CWOptions(Options):
@@ -106,24 +111,6 @@ def get_attack(name: str, path: str | None = None) -> AttackInfo:
 
 
 @contextlib.contextmanager
-def input_grad_only(model: nn.Module):
-    """Attacks need gradients w.r.t. inputs only. Freezing parameters skips their
-    gradients (faster), leaves `.grad` of a trained model untouched, and avoids escnn's
-    error on a second parameter-gradient backward in eval mode (see PITFALLS)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    was_training = model.training
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        model.train(was_training)
-
-
-@contextlib.contextmanager
 def seeded(seed: int, device: torch.device):
     """Random starts come from torch's global RNG inside torchattacks: fork it, so two
     models get the same starts and the caller's RNG stream is left as it was."""
@@ -131,121 +118,6 @@ def seeded(seed: int, device: torch.device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-# ------------------------------------------------------------------ batched DeepFool
-
-@dataclass
-class DeepFoolResult:
-    adv: torch.Tensor       # (N, C, H, W) adversarial inputs, clamped to [0, 1]
-    fooled: torch.Tensor    # (N,) bool: prediction differs from `labels` at `adv`
-    labels: torch.Tensor    # (N,) the class each input was pushed away from
-    steps: torch.Tensor     # (N,) linearization steps used
-
-
-def _deepfool_chunk(model, x0, k0, steps, overshoot, candidates, box):
-    n = x0.shape[0]
-    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
-    r_tot = torch.zeros_like(x0)
-    x_adv = x0.clone()
-    fooled = torch.zeros(n, dtype=torch.bool, device=x0.device)
-    used = torch.zeros(n, dtype=torch.long, device=x0.device)
-    cand = None
-    for step in range(steps + 1):
-        active = (~fooled).nonzero().squeeze(1)
-        if active.numel() == 0:
-            break
-        xa = x_adv[active].detach().requires_grad_(True)
-        logits = model(xa)
-        if cand is None:
-            # The original linearizes the top classes only (10 by default): the label
-            # first, then the highest other logits of the clean input.
-            others = logits.detach().scatter(1, k0[:, None], float("-inf"))
-            c = min(candidates, logits.shape[1]) - 1
-            cand = torch.cat([k0[:, None], others.topk(c, dim=1).indices], 1)
-        now = logits.argmax(1) != k0[active]
-        fooled[active[now]] = True
-        if step == steps or bool(now.all()):
-            break
-        keep = ~now
-        ca = cand[active]
-        # One backward per other candidate gives every image's gradient of that logit
-        # minus the label's at once (images do not interact in eval mode); differencing
-        # before the backward saves the label's own pass.
-        l0 = logits.gather(1, ca[:, :1])
-        grads = []
-        for j in range(1, ca.shape[1]):
-            g, = torch.autograd.grad((logits.gather(1, ca[:, j:j + 1]) - l0).sum(), xa,
-                                     retain_graph=j < ca.shape[1] - 1)
-            grads.append(flat(g))
-        w = torch.stack(grads, 1)[keep]                               # (m, K-1, D)
-        f = logits.detach().gather(1, ca)[keep]                       # (m, K)
-        rows = active[keep]
-        if box == "mask":
-            # Pixels at 0 or 1 cannot move further out of the image: drop those components,
-            # so the step heads for the nearest boundary point the box allows ("clip" keeps
-            # them in r_tot, where the clip of the iterate removes them, as in Foolbox).
-            cur = flat(x_adv[rows])[:, None, :]
-            w = w.masked_fill(((cur <= 0) & (w < 0)) | ((cur >= 1) & (w > 0)), 0.0)
-        fp = (f[:, 1:] - f[:, :1]).abs()
-        wn = w.norm(dim=2).clamp_min(1e-12)
-        best = (fp / wn).argmin(1)
-        idx = torch.arange(best.shape[0], device=x0.device)
-        dist = fp[idx, best] / wn[idx, best]
-        if box == "clip":
-            # A clipped iterate gets only the unclipped share of each step and nears the boundary
-            # without crossing it: Foolbox's 1e-4 more per step ends that (only once clipped).
-            dist += 1e-4 * (flat(x_adv[rows]) != flat(x0[rows] + (1 + overshoot) * r_tot[rows])).any(1)
-        r = (dist / wn[idx, best])[:, None] * w[idx, best]
-        r_tot[rows] += r.reshape(-1, *x0.shape[1:])
-        used[rows] += 1
-        # Overshoot scales the accumulated step, as in the original (torchattacks: every step).
-        nxt = x0[rows] + (1 + overshoot) * r_tot[rows]
-        x_adv[rows] = nxt if box == "none" else nxt.clamp(0, 1)
-    return x_adv.detach(), fooled, used
-
-
-def deepfool_batched(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *,
-                     steps: int = 50, overshoot: float = 0.02, candidates: int = 10,
-                     batch_size: int = 500, clamp: bool = True, box: str = "clip") -> DeepFoolResult:
-    """L2 DeepFool on a whole batch (Moosavi-Dezfooli et al., 2016).
-
-    At each step every not-yet-fooled image moves to the nearest linearized decision
-    boundary among its candidate classes; the perturbation is (1 + overshoot) times
-    the accumulated step. `labels` defaults to the model's own predictions (the
-    distance to its decision boundary); inputs already not predicted as their label
-    count as fooled with a zero perturbation, as in torchattacks. With `clamp` the
-    iterate stays in [0, 1]; `box` is how a step treats pixels at the box edge:
-    "mask" drops the gradient components that push them further out (the step heads
-    for the nearest boundary point the box allows), "clip" keeps them in the
-    accumulated step and clips the iterate (Foolbox's L2DeepFoolAttack, which it matches
-    image by image). "clip" is the default: it finds the smaller perturbations (on MNIST
-    about 1.5% smaller at the same success rate: it creeps up to the boundary from inside,
-    so most of the overshoot is never applied) at about 3x the steps of "mask" (see
-    benchmarks/RESULTS.md). Neither stalls on black backgrounds, as torchattacks'
-    per-image version does (it clips the iterate it accumulates on). `clamp=False` is the
-    original, unconstrained algorithm.
-    """
-    if box not in ("mask", "clip"):
-        raise ValueError(f"box must be 'mask' or 'clip', not {box!r}")
-    advs, fooled, used, ks = [], [], [], []
-    with input_grad_only(model):
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].detach()
-            if labels is None:
-                with torch.no_grad():
-                    kb = model(xb).argmax(1)
-            else:
-                kb = labels[i:i + batch_size]
-            a, f, u = _deepfool_chunk(model, xb, kb, steps, overshoot, candidates, box if clamp else "none")
-            advs.append(a)
-            fooled.append(f)
-            used.append(u)
-            ks.append(kb)
-    if not advs:
-        e = torch.empty(0, dtype=torch.long, device=x.device)
-        return DeepFoolResult(x.clone(), e.bool(), e, e)
-    return DeepFoolResult(torch.cat(advs), torch.cat(fooled), torch.cat(ks), torch.cat(used))
 
 
 # ----------------------------------------------------------------- torchattacks wrappers
@@ -269,7 +141,7 @@ def _pgd(cls: str) -> Callable[..., Any]:
 
 def _batched_deepfool(model, x, y, eps, o, batch_size, seed):
     return deepfool_batched(model, x, y, steps=o.steps, overshoot=o.overshoot, candidates=o.candidates,
-                            batch_size=batch_size).adv
+                            track=o.track, batch_size=batch_size).adv
 
 
 for _info, _options in [

@@ -83,3 +83,53 @@ def test_normalized_units_use_the_models_own_std(trained, mnist_small):
     res = run_metric("boundary_distance", trained, mnist_small, n=40, steps=50).scalars
     assert res["boundary.all.l2_normalized"] == pytest.approx(res["boundary.all.l2"] / 0.3081, rel=1e-5)
     assert res["boundary.all.success_rate"] == 1.0
+
+
+class BackwardRows(nn.Module):
+    """Wraps a model and counts the logit rows every backward pass goes through."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if out.requires_grad:
+            out.register_hook(lambda g: setattr(self, "rows", self.rows + g.shape[0]))
+        return out
+
+
+@pytest.mark.parametrize("box", ["clip", "mask"])
+def test_tracking_the_nearest_candidates_keeps_every_distance_and_cuts_backward_passes(trained, mnist_small, box):
+    """`track=2` linearizes, after the first step, only the two candidates whose boundary looks
+    nearest; it must find the same perturbation as every candidate at every step (the
+    original), with far fewer backward passes (clip creeps for many steps after the first)."""
+    x, y = mnist_small.x_test[:60], mnist_small.y_test[:60]
+    full, fast = BackwardRows(trained), BackwardRows(trained)
+    a = deepfool_batched(full, x, y, box=box, track=None)
+    b = deepfool_batched(fast, x, y, box=box, track=2)
+    assert torch.equal(a.fooled, b.fooled) and torch.equal(a.steps, b.steps)
+    da, db = (a.adv - x).flatten(1).norm(dim=1), (b.adv - x).flatten(1).norm(dim=1)
+    assert torch.allclose(da, db, rtol=1e-4, atol=1e-6)
+    assert a.steps.sum() > len(x)             # more than one step per image: tracking can bind
+    # clip creeps up to the boundary in many steps, mask takes about two per image
+    assert fast.rows < (0.5 if box == "clip" else 0.8) * full.rows
+
+
+def test_a_fooled_image_costs_at_most_a_ninth_of_its_backward_passes(trained, mnist_small):
+    """An image is checked at the forward pass of each step; the images found fooled there get
+    backward passes only while those cost less than a second forward over the others (at most
+    1/9 of a step's rows with 9 backward passes), so the backward rows stay within
+    10 x 9 per step taken. Taking them for every checked image (the old way) costs 9 per step
+    plus 9 per image fooled after a step."""
+    x, y = mnist_small.x_test[:60], mnist_small.y_test[:60]
+    counted = BackwardRows(trained)
+    res = deepfool_batched(counted, x, y, box="mask", candidates=10, track=None)
+    steps, stepped = int(res.steps.sum()), int(((res.steps > 0) & res.fooled).sum())
+    assert counted.rows <= 9 * steps + steps
+    assert 9 * (steps + stepped) > 9 * steps + steps      # the bound would fail the old way
+
+
+def test_track_must_be_positive(trained, mnist_small):
+    with pytest.raises(ValueError, match="track"):
+        deepfool_batched(trained, mnist_small.x_test[:4], track=0)
