@@ -152,6 +152,7 @@ def run_deepfool(model, x, y, device, repeats: int, n_ref: int) -> tuple[list, l
     drifts, interleaving keeps the ratios fair; each time is the median over rounds."""
     impls = [("raystudy mask", ours("mask"), x, y), ("raystudy clip", ours("clip"), x, y),
              ("raystudy clip, every candidate", ours("clip", track=None), x, y),
+             ("raystudy clip, track 1", ours("clip", track=1), x, y),
              ("raystudy no box", ours(None), x, y), ("foolbox", foolbox(True), x, y),
              ("foolbox no box", foolbox(False), x, y),
              ("torchattacks", torchattacks_df, x[:n_ref], y[:n_ref])]
@@ -196,6 +197,7 @@ def summarize(res: dict, correct: torch.Tensor, n_ref: int) -> tuple[list, list,
                      "mean L2 (fooled)": f"{r['dist'][ok].mean().item():.4f}",
                      "mean L2 (common)": f"{r['dist'][on_common].mean().item():.4f}"})
     pairs = [("raystudy clip", "foolbox"), ("raystudy clip", "raystudy clip, every candidate"),
+             ("raystudy clip, track 1", "foolbox"),
              ("raystudy mask", "foolbox"), ("raystudy mask", "raystudy clip"),
              ("raystudy no box", "foolbox no box")]
     agree = [agreement(res[a], res[b], correct) for a, b in pairs]
