@@ -19,7 +19,7 @@ digits both fool (image by image: |d_a / d_b - 1|).
 Foolbox is a benchmark-only dependency: `pip install -e ".[bench]"` (or `make bench`).
 
 Run: .venv/bin/python benchmarks/bench_metrics.py [--n 500] [--n-df 300] [--n-ref 30]
-     [--repeats 3] [--only deepfool] [--device auto] [--threads 1]
+     [--repeats 3] [--only deepfool] [--device auto] [--threads 1] [--fgsm-model]
 """
 
 from __future__ import annotations
@@ -44,18 +44,26 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def trained_model(data, device):
+def trained_model(data, device, fgsm: bool = False):
+    """One epoch of Adam; with `fgsm`, two epochs on clean + FGSM (ε 0.1) digits, a second
+    decision geometry for the DeepFool comparison (the candidate tracking must hold there too)."""
     from raystudy.models.stdcnn import StdCNN, StdCNNOptions
-    torch.manual_seed(0)
+    torch.manual_seed(1 if fgsm else 0)
     model = StdCNN(StdCNNOptions(), data.info).to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    perm = torch.randperm(len(data.x_train), device=device)
-    for i in range(0, len(perm), 64):
-        idx = perm[i:i + 64]
-        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    for _ in range(2 if fgsm else 1):
+        perm = torch.randperm(len(data.x_train), device=device)
+        for i in range(0, len(perm), 64):
+            idx = perm[i:i + 64]
+            xb, yb = data.x_train[idx], data.y_train[idx]
+            if fgsm:
+                xg = xb.clone().requires_grad_(True)
+                g, = torch.autograd.grad(F.cross_entropy(model(xg), yb), xg)
+                xb, yb = torch.cat([xb, (xb + 0.1 * g.sign()).clamp(0, 1)]), torch.cat([yb, yb])
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model.eval()
 
 
@@ -215,6 +223,8 @@ def main():
     ap.add_argument("--only", choices=["metrics", "deepfool"], default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fgsm-model", action="store_true",
+                    help="train the model on clean + FGSM digits (2 epochs) instead of 1 natural epoch")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -225,7 +235,7 @@ def main():
 
     device = pick_device(a.device)
     data = load(DataSpec(dataset="mnist", source="embedded", train_size=2000, test_size=1000)).to(device)
-    model = trained_model(data, device)
+    model = trained_model(data, device, fgsm=a.fgsm_model)
     ctx = EvalContext(model, data, device)
     print(machine(), f"| {device} | {torch.get_num_threads()} thread(s)")
     if a.only != "deepfool":

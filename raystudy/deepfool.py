@@ -13,8 +13,8 @@ Backward passes (one per candidate class) decide its speed; two cuts:
   an approximation: a class outside the tracked ones could become the nearest. With
   box="clip" an image creeps up to the boundary over many steps, so it cuts most of the
   backward passes. Measured (benchmarks/RESULTS.md): track 2 left every distance unchanged
-  against all candidates, on 273 digits of a natural and 192 of an FGSM-trained StdCNN;
-  track 1 moved one of the latter by 1.9%. `track=None` linearizes every candidate at every
+  against all candidates, on 273 digits of a natural and 194 of an FGSM-trained StdCNN;
+  track 1 moved one of the latter by 2.2%. `track=None` linearizes every candidate at every
   step (the original).
 """
 
