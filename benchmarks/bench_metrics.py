@@ -101,11 +101,10 @@ def ours(box: str | None, track: int | None = 2):
     candidate at every step (the original algorithm; the default tracks the 2 nearest)."""
     from raystudy.attacks import deepfool_batched
 
+    rule = {"clamp": False} if box is None else {"box": box}
+
     def run(model, x, y):
-        if box is None:
-            res = deepfool_batched(model, x, y, clamp=False, track=track, **DF)
-        else:
-            res = deepfool_batched(model, x, y, box=box, track=track, **DF)
+        res = deepfool_batched(model, x, y, track=track, **rule, **DF)
         return res.adv, res.fooled, res.steps
     return run
 

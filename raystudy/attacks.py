@@ -31,7 +31,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .deepfool import DeepFoolResult, deepfool_batched  # noqa: F401  (re-exported)
+from .deepfool import deepfool_batched
 from .gradmode import input_grad_only  # noqa: F401  (re-exported)
 from .registry import ATTACKS, Options
 from .spec.types import Number

@@ -59,7 +59,7 @@ class _State:
 
     def __init__(self, x0: torch.Tensor, k0: torch.Tensor, logits: torch.Tensor, candidates: int):
         n = x0.shape[0]
-        self.x0, self.k0 = x0, k0
+        self.x0 = x0
         self.r_tot = torch.zeros_like(x0)
         self.x_adv = x0.clone()
         self.fooled = torch.zeros(n, dtype=torch.bool, device=x0.device)
