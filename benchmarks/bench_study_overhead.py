@@ -6,12 +6,12 @@ Prints, for N in (1, 4, 16, 64): the study's wall time, the summed in-trial time
 ideal wall time on this machine's CPUs (sum / concurrency), and the overhead per trial.
 Ray's floor: N trivial function trials straight through Ray Tune (import torch, one
 forward/backward, 1 CPU each, as many at a time as the study runs, reused actors), with
-the same overhead rule. The ratio compares raystudy's overhead per trial at the largest N
-with that floor. `--fresh` adds both with a fresh worker process per trial
+the same overhead rule, N the largest study's by default. The ratio compares raystudy's
+overhead per trial at the largest N with that floor at the same N. `--fresh` adds both with a fresh worker process per trial
 (`tune.reuse_workers: false`, `reuse_actors=False`). The last line:
 `overhead_per_trial_s=<value>` (raystudy, reused workers, largest N).
 
-Run: .venv/bin/python benchmarks/bench_study_overhead.py [--ns 1 4 16 64] [--floor-n 16] [--fresh]
+Run: .venv/bin/python benchmarks/bench_study_overhead.py [--ns 1 4 16 64] [--floor-n N] [--fresh]
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def floor_row(n: int, reuse: bool, cpus: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16, 64])
-    ap.add_argument("--floor-n", type=int, default=16)
+    ap.add_argument("--floor-n", type=int, default=None,
+                    help="trials in Ray's floor run (default: the largest N, so both spread Tune's start alike)")
     ap.add_argument("--fresh", action="store_true", help="also measure fresh workers per trial")
     a = ap.parse_args()
     import ray
@@ -106,7 +107,7 @@ def main():
     cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     print(f"ray.init (local, no dashboard): {time.perf_counter() - t0:.1f} s; {cpus} CPUs")
     modes = [True, False] if a.fresh else [True]
-    rows = [floor_row(a.floor_n, reuse, cpus) for reuse in modes]
+    rows = [floor_row(a.floor_n or max(a.ns), reuse, cpus) for reuse in modes]
     floor = rows[0]["_per_trial"]
     for reuse in modes:
         rows += [study_row(n, reuse, cpus) for n in a.ns]

@@ -94,7 +94,12 @@ def reset_process_state(seed: int) -> list[str]:
         sys.modules["torch._dynamo"].reset()
     # The previous trial's model, optimizer and data become garbage now; on a GPU its
     # cached blocks go back too, so a trial fits (or runs out of memory) as in a fresh worker.
+    # What survives is the process's own (torch, imported modules, caches): frozen out of the
+    # cyclic collector, so the next reset scans only what the trial in between allocated. A
+    # full collection over torch's objects cost about 0.3 s per trial (py-spy, 2-core CPU);
+    # frozen objects that die are still freed by reference counting, only cycles among them stay.
     gc.collect()
+    gc.freeze()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -186,30 +186,46 @@ class ResultStore:
             prev = self.rows.get(tid, {})
             row["runs"] = runs if runs is not None else int(prev.get("runs", 0) or 0) + 1
             self.rows[tid] = row
+            changed = {TRIALS}
             if curves or status == "completed":
-                self.curves[tid] = [{"trial_id": tid, **c} for c in curves]
+                changed |= _replace(self.curves, tid, [{"trial_id": tid, **c} for c in curves], CURVES)
             if outcomes or status == "completed":
-                self.outcomes[tid] = outcomes
+                changed |= _replace(self.outcomes, tid, outcomes, OUTCOMES)
             if epochs is not None:
-                self.epochs[tid] = [{"trial_id": tid, **{k: _cell(v) for k, v in e.items()
-                                                         if k not in _SKIP and not k.startswith("config/")}}
-                                    for e in epochs]
+                changed |= _replace(self.epochs, tid, [
+                    {"trial_id": tid, **{k: _cell(v) for k, v in e.items()
+                                         if k not in _SKIP and not k.startswith("config/")}}
+                    for e in epochs], EPOCHS)
             if flush:
-                self.flush()
+                self.flush(changed)
 
-    def flush(self) -> None:
+    def flush(self, tables: set[str] | None = None) -> None:
+        """Rewrite the tables (`tables`: only these, and any not written yet). A trial's record
+        rewrites only the tables it changed: every rewrite is the whole study's table, and the
+        driver doing it is the loop that starts the next trials (benchmarks/RESULTS.md)."""
+        def due(name: str) -> bool:
+            return tables is None or name in tables or not (self.out / name).exists()
         rows = list(self.rows.values())
-        if rows:
+        if rows and due(TRIALS):
             write_atomic(pd.DataFrame(rows), self.out / TRIALS)
-        curves = [c for cs in self.curves.values() for c in cs]
-        write_atomic(pd.DataFrame(curves, columns=None if curves else ["trial_id", "metric", "x"]),
-                     self.out / CURVES)
-        epochs = [e for es in self.epochs.values() for e in es]
+        if due(CURVES):
+            curves = [c for cs in self.curves.values() for c in cs]
+            write_atomic(pd.DataFrame(curves, columns=None if curves else ["trial_id", "metric", "x"]),
+                         self.out / CURVES)
+        epochs = [e for es in self.epochs.values() for e in es] if due(EPOCHS) else []
         if epochs:
             write_atomic(pd.DataFrame(epochs), self.out / EPOCHS)
         outcomes = [o for os_ in self.outcomes.values() for o in os_]
-        if outcomes or (self.out / OUTCOMES).exists():
+        if (outcomes or (self.out / OUTCOMES).exists()) and (tables is None or OUTCOMES in tables):
             write_atomic(pd.DataFrame(outcomes, columns=OUTCOME_COLUMNS), self.out / OUTCOMES)
+
+
+def _replace(table: dict[str, list[dict]], tid: str, new: list[dict], name: str) -> set[str]:
+    """Put a trial's rows of one table; {name} when that changed the table, else nothing."""
+    if table.get(tid) == new:
+        return set()
+    table[tid] = new
+    return {name}
 
 
 def _outcome_rows(tid: str, text: str | None) -> list[dict]:

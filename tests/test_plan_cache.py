@@ -125,7 +125,8 @@ def test_each_distinct_section_is_validated_once():
     v = TrialValidator(s.file)
     parsed = [v(t.config, t.sections) for t in s.trials]
     assert len(parsed) == 100
-    assert v.validated == {"data": 1, "train": 4, "model": 1, "evaluate": 1}
+    # "head": seed, device, model and evaluate together, one per seed here.
+    assert v.validated == {"data": 1, "train": 4, "model": 1, "evaluate": 1, "head": 25}
     # Trials with the same train section share its validated objects; seeds stay their own.
     by_lr = {}
     for p in parsed:

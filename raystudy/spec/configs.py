@@ -11,6 +11,7 @@ copy one before changing it.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -48,8 +49,8 @@ def memo_key(v: Any) -> Any:
 
 class Configs:
     """Builds trial configs over one base: `build(writes, free)` -> (config, the canonical text
-    of each section in sorted key order, the canonical text of {"config": ..., "free": ...})
-    that trial ids hash. The texts are exactly `canonical()`'s, section by section."""
+    of each section in sorted key order, the trial id: space.trial_hash of config and free,
+    hashed from those texts). The texts are exactly `canonical()`'s, section by section."""
 
     def __init__(self, base: dict, file: str):
         self.base = base
@@ -62,6 +63,7 @@ class Configs:
         self._memo: dict[tuple, tuple[Any, str]] = {}
         self._free_texts: dict[tuple, str] = {}
         self._sections: dict[str, str] = {}      # path -> its section
+        self._trie: tuple[Any, dict] = (hashlib.sha1(b'{"config":{'), {})
 
     def build(self, writes: list[tuple[str, Any, str]], free: dict) -> tuple[dict, tuple[str, ...], str]:
         """`writes`: (config path, value, the space entry that sets it), applied in order."""
@@ -75,9 +77,28 @@ class Configs:
             for s, ws in by_section.items():
                 config[s], texts[s] = self._built(s, ws)
         sections = tuple(texts[k] for k in self.keys)
-        text = ('{"config":{' + ",".join([h + t for h, t in zip(self._heads, sections)])
-                + '},"free":' + self._free(free) + "}")
-        return config, sections, text
+        return config, sections, self._id(sections, self._free(free))
+
+    def _id(self, sections: tuple[str, ...], free: str) -> str:
+        """trial_hash of the config whose section texts are `sections`: the SHA-1 of
+        '{"config":{<head><text>,...},"free":<free>}'. The hash state after each leading run
+        of sections is kept (a trie over the texts, all but the last section): trials that
+        share the sections before the one they vary in hash only the rest."""
+        node = self._trie
+        for i, t in enumerate(sections[:-1]):
+            nxt = node[1].get(t)
+            if nxt is None:
+                h = node[0].copy()
+                h.update(self._piece(i, t).encode())
+                nxt = node[1][t] = (h, {})
+            node = nxt
+        h = node[0].copy()
+        tail = self._piece(len(sections) - 1, sections[-1]) if sections else ""
+        h.update((tail + '},"free":' + free + "}").encode())
+        return h.hexdigest()[:10]
+
+    def _piece(self, i: int, text: str) -> str:
+        return ("," if i else "") + self._heads[i] + text
 
     def _free(self, free: dict) -> str:
         try:

@@ -312,9 +312,9 @@ def _trial(values: dict[str, Any], consts: dict[str, Any], idx: int, configs: Co
     for k in consts:
         if k in params and not isinstance(consts[k], dict):
             params.pop(k)
-    config, sections, text = configs.build(writes, free)
-    # `text` is canonical({"config": config, "free": free}), as trial_hash would make it.
-    return Trial(trial_id=_hash(text), params=params, config=config, index=idx, free=free, sections=sections)
+    config, sections, trial_id = configs.build(writes, free)
+    # trial_id is trial_hash(config, free), made from the section texts (Configs._id).
+    return Trial(trial_id=trial_id, params=params, config=config, index=idx, free=free, sections=sections)
 
 
 def _hash(text: str) -> str:
@@ -326,7 +326,10 @@ def expand(study) -> list[Trial]:
     file, spec = study.file, study.spec
     base = study.base_config()
     es = _entries(spec.space or {}, file)
-    base_flat = flatten(base)
+    # Expressions read only the names they mention: each trial's environment starts from
+    # those base values instead of a copy of the whole flattened base.
+    needed = {n for names in es.expr_names.values() for n in names}
+    base_flat = {k: v for k, v in flatten(base).items() if k in needed}
     keys = [k for k, _ in es.grids]
     _check_size(math.prod(len(v) for _, v in es.grids), spec.tune.num_samples, file)
     combos = list(itertools.product(*[v for _, v in es.grids])) if es.grids else [()]

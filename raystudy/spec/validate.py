@@ -252,6 +252,7 @@ def _metrics_section(evaluate: list, file: str | None) -> list[tuple[Named, str]
 _SECTIONS = tuple(sorted(TrialConfig.model_fields))
 _SECTION_SET = frozenset(_SECTIONS)
 _AT = {name: i for i, name in enumerate(_SECTIONS)}
+_HEAD = tuple(k for k in _SECTIONS if k not in ("data", "train"))
 
 
 class TrialValidator:
@@ -297,15 +298,22 @@ class TrialValidator:
         data = self._once("data", text[_AT["data"]], lambda: _data_section(config["data"]))
         train, stages, init_from = self._once("train", text[_AT["train"]],
                                               lambda: _collect(_train_section, config["train"], file))
-        # Validated instances are taken as they are (pydantic does not revalidate them): only
-        # seed, device, model and evaluate are checked per trial here.
-        cfg = TrialConfig.model_validate({**config, "data": data, "train": train})
-        model = self._once("model", text[_AT["model"]], lambda: _named(MODELS, cfg.model, "model", "arch", file))
-        metrics = self._once("evaluate", text[_AT["evaluate"]], lambda: _metrics_section(cfg.evaluate, file))
+        # Seed, device, model and evaluate are checked once per distinct combination of them;
+        # every trial with that combination gets a copy with its own (validated) data and train.
+        head, model, metrics, during = self._once("head", tuple(text[_AT[k]] for k in _HEAD),
+                                                  lambda: self._head(config, text, data, train))
+        cfg = head.model_copy(update={"data": data, "train": train})
         # every_epochs / train.select read data, train and evaluate together: checked per trial
         # (cheap), and a trial that fails goes through validate_trial for its located errors.
-        if (train.select is not None or any(m.options.every_epochs for m, _ in metrics)) \
-                and check_during_training(cfg, metrics):
+        if (train.select is not None or during) and check_during_training(cfg, metrics):
             return validate_trial(config, file)
         return ParsedTrial(cfg=cfg, model=model, stages=stages, metrics=[m for m, _ in metrics],
                            init_from=init_from)
+
+    def _head(self, config: dict, text: tuple[str, ...], data, train) -> tuple:
+        """(TrialConfig, model, metrics with their key paths, whether a metric runs during training)."""
+        file = self.file
+        cfg = TrialConfig.model_validate({**config, "data": data, "train": train})
+        model = self._once("model", text[_AT["model"]], lambda: _named(MODELS, cfg.model, "model", "arch", file))
+        metrics = self._once("evaluate", text[_AT["evaluate"]], lambda: _metrics_section(cfg.evaluate, file))
+        return cfg, model, metrics, any(m.options.every_epochs for m, _ in metrics)
