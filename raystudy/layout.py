@@ -39,7 +39,6 @@ PLAN = "study.json"
 TRIALS = "trials.parquet"
 CURVES = "curves.parquet"
 EPOCHS = "epochs.parquet"
-OUTCOMES = "outcomes.parquet"
 TRANSFER = "transfer.parquet"
 # Per-example outcomes of the metrics (which evaluated images were right), see analysis/paired.py.
 OUTCOMES = "outcomes.parquet"

@@ -10,8 +10,10 @@ one reused worker after a leaking trial give bit-identical epoch losses, metrics
 
 from __future__ import annotations
 
+import gc
 import os
 import random
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -53,6 +55,35 @@ def clean_process():
     reset_process_state(0)
     os.environ.pop(LEAK_ENV, None)
     assert snapshot() == before
+    gc.unfreeze()   # the reset froze the test process's objects: give them back to the collector
+
+
+class _Node:
+    other: object = None
+
+
+def test_reset_frees_the_previous_trials_cycles_and_freezes_the_rest(clean_process):
+    """What a trial leaves in reference cycles is freed at the next reset (as a fresh worker
+    would not hold it); what survives is frozen, so the following reset does not scan it."""
+    was = gc.isenabled()
+    gc.disable()   # only the reset may collect here
+    try:
+        reset_process_state(0)
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a
+        dead = weakref.ref(a)
+        kept = [_Node()]
+        del a, b
+        assert dead() is not None
+        reset_process_state(1)
+        assert dead() is None
+        assert gc.get_freeze_count() > frozen   # `kept` and its list joined the frozen objects
+        assert kept[0] is not None
+    finally:
+        if was:
+            gc.enable()
 
 
 def test_leaked_state_changes_the_next_trial_unless_reset(clean_process):
