@@ -89,7 +89,10 @@ class DeepFoolBatchedOptions(DeepFoolOptions):
     candidates: int = Field(10, ge=2)
     # After the first step, linearize only this many candidates (those whose boundary looks
     # nearest); null: every candidate at every step, as in the original (raystudy/deepfool.py).
-    track: int | None = Field(2, ge=1)
+    track: int | None = Field(3, ge=1)
+    # Of those, the ones beyond the nearest only while their boundary looks at most `band`
+    # times as far as the nearest's; null: all `track` of them at every step.
+    band: float | None = Field(2.0, ge=1)
 
 
 class CWOptions(Options):
@@ -141,7 +144,7 @@ def _pgd(cls: str) -> Callable[..., Any]:
 
 def _batched_deepfool(model, x, y, eps, o, batch_size, seed):
     return deepfool_batched(model, x, y, steps=o.steps, overshoot=o.overshoot, candidates=o.candidates,
-                            track=o.track, batch_size=batch_size).adv
+                            track=o.track, band=o.band, batch_size=batch_size).adv
 
 
 for _info, _options in [

@@ -9,13 +9,15 @@ Backward passes (one per candidate class) decide its speed; two cuts:
   changes no step.
 * `track`: after the first step an image linearizes only the `track` candidates whose
   boundary looks nearest: the current logit gap over that class's last measured gradient
-  norm (the full DeepFool ratio, with a gradient norm that may be a few steps old). This is
-  an approximation: a class outside the tracked ones could become the nearest. With
-  box="clip" an image creeps up to the boundary over many steps, so it cuts most of the
-  backward passes. Measured (benchmarks/RESULTS.md): track 2 left every distance unchanged
-  against all candidates, on 273 digits of a natural and 194 of an FGSM-trained StdCNN;
-  track 1 moved one of the latter by 2.2%. `track=None` linearizes every candidate at every
-  step (the original).
+  norm (the full DeepFool ratio, with a gradient norm that may be a few steps old), and
+  (`band`) of those beyond the nearest only the ones whose boundary looks at most `band`
+  times as far. This is an approximation: a class left out could become the nearest. With
+  box="clip" an image creeps up to the boundary over many steps, mostly with one clear
+  nearest class, so it cuts most of the backward passes. Measured (benchmarks/RESULTS.md)
+  against all candidates, on 273 digits of a natural and 194 of an FGSM-trained StdCNN:
+  the default (track 3, band 2) and track 2 without a band left every distance unchanged;
+  track 1 moved one digit of the FGSM-trained model by about 2%, a digit the band catches.
+  `track=None` linearizes every candidate at every step (the original).
 """
 
 from __future__ import annotations
@@ -39,19 +41,39 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _gradients(logits: torch.Tensor, xa: torch.Tensor, cls: torch.Tensor, sel) -> torch.Tensor:
+def _gradients(model, logits: torch.Tensor, xa: torch.Tensor, cls: torch.Tensor, sel,
+               need: torch.Tensor | None = None) -> torch.Tensor:
     """(m, J, D): for every image the gradient of logit cls[:, j] minus logit cls[:, 0].
 
     `logits` are the rows `sel` of the model's output on `xa` (all rows when `sel` is None).
     One backward per column gives every image's gradient at once (images do not interact in
-    eval mode); differencing before the backward saves the label's own pass."""
+    eval mode); differencing before the backward saves the label's own pass. `need` (m, J):
+    which entries are wanted (the others stay 0). A column few images want gets its own
+    forward and backward over those images: a backward costs the same for every row of the
+    graph, wanted or not, and a forward about half of it."""
+    m, cols = cls.shape[0], cls.shape[1] - 1
+    out = torch.zeros(m, cols, xa[0].numel(), dtype=xa.dtype, device=xa.device)
     l0 = logits.gather(1, cls[:, :1])
-    grads = []
-    for j in range(1, cls.shape[1]):
-        g, = torch.autograd.grad((logits.gather(1, cls[:, j:j + 1]) - l0).sum(), xa,
-                                 retain_graph=j < cls.shape[1] - 1)
-        grads.append(_flat(g if sel is None else g[sel]))
-    return torch.stack(grads, 1)
+    rows_of = torch.arange(len(xa), device=xa.device) if sel is None else sel.nonzero().squeeze(1)
+    for j in range(cols):
+        want = None if need is None else need[:, j]
+        n = m if want is None else int(want.sum())
+        if n == 0:
+            continue
+        if n * 2 <= m:
+            idx = want.nonzero().squeeze(1)
+            xs = xa.detach()[rows_of[idx]].requires_grad_(True)
+            ls = model(xs)
+            c = cls[idx]
+            g, = torch.autograd.grad((ls.gather(1, c[:, j + 1:j + 2]) - ls.gather(1, c[:, :1])).sum(), xs)
+            out[idx, j] = _flat(g)
+            continue
+        diff = logits.gather(1, cls[:, j + 1:j + 2]) - l0
+        if want is not None:
+            diff = diff * want[:, None]
+        g, = torch.autograd.grad(diff.sum(), xa, retain_graph=True)
+        out[:, j] = _flat(g if sel is None else g[sel])
+    return out
 
 
 class _State:
@@ -72,23 +94,31 @@ class _State:
         self.wn = torch.full((n, c), float("nan"), dtype=x0.dtype, device=x0.device)
 
 
-def _choose(st: _State, rows: torch.Tensor, logits: torch.Tensor, track: int | None) -> torch.Tensor:
-    """Column indices into st.cand (label column 0 first) to linearize at this step."""
+def _choose(st: _State, rows: torch.Tensor, logits: torch.Tensor, track: int | None,
+            band: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(column indices into st.cand to linearize at this step, label column 0 first; which
+    of them are wanted, (m, J) bool, or None for all). With `band`, a tracked candidate beyond
+    the nearest is wanted only while its estimated distance is within `band` times the
+    nearest's."""
     k = st.cand.shape[1]
     allc = torch.arange(k, device=logits.device).expand(len(rows), k)
     wn = st.wn[rows]
     if track is None or track >= k - 1 or bool(wn.isnan().any()):
-        return allc
+        return allc, None
     f = logits.detach().gather(1, st.cand[rows])
     est = (f[:, 1:] - f[:, :1]).abs() / wn.clamp_min(1e-12)
-    near = est.topk(track, dim=1, largest=False).indices + 1
-    return torch.cat([allc[:, :1], near], 1)
+    d, near = est.topk(track, dim=1, largest=False)
+    cols = torch.cat([allc[:, :1], near + 1], 1)
+    if band is None or track == 1:
+        return cols, None
+    return cols, d <= band * d[:, :1]
 
 
-def _step(st: _State, rows, xa, logits, sel, box: str, overshoot: float, track: int | None) -> None:
-    cols = _choose(st, rows, logits, track)
+def _step(st: _State, rows, model, xa, logits, sel, box: str, overshoot: float, track: int | None,
+          band: float | None) -> None:
+    cols, need = _choose(st, rows, logits, track, band)
     cls = st.cand[rows].gather(1, cols)
-    w = _gradients(logits, xa, cls, sel)                              # (m, J, D)
+    w = _gradients(model, logits, xa, cls, sel, need)                 # (m, J, D)
     f = logits.detach().gather(1, cls)                                # (m, J+1)
     if box == "mask":
         # Pixels at 0 or 1 cannot move further out of the image: drop those components,
@@ -98,8 +128,14 @@ def _step(st: _State, rows, xa, logits, sel, box: str, overshoot: float, track: 
         w = w.masked_fill(((cur <= 0) & (w < 0)) | ((cur >= 1) & (w > 0)), 0.0)
     fp = (f[:, 1:] - f[:, :1]).abs()
     wn = w.norm(dim=2).clamp_min(1e-12)
-    st.wn[rows[:, None], cols[:, 1:] - 1] = wn
-    best = (fp / wn).argmin(1)
+    ratio = fp / wn
+    if need is None:
+        st.wn[rows[:, None], cols[:, 1:] - 1] = wn
+    else:
+        # Only what was linearized is measured; the rest keep their older norms.
+        st.wn[rows[:, None], cols[:, 1:] - 1] = torch.where(need, wn, st.wn[rows[:, None], cols[:, 1:] - 1])
+        ratio = ratio.masked_fill(~need, float("inf"))
+    best = ratio.argmin(1)
     idx = torch.arange(best.shape[0], device=w.device)
     dist = fp[idx, best] / wn[idx, best]
     if box == "clip":
@@ -115,7 +151,7 @@ def _step(st: _State, rows, xa, logits, sel, box: str, overshoot: float, track: 
     st.x_adv[rows] = nxt if box == "none" else nxt.clamp(0, 1)
 
 
-def _chunk(model, x0, k0, steps, overshoot, candidates, box, track):
+def _chunk(model, x0, k0, steps, overshoot, candidates, box, track, band):
     st = None
     for step in range(steps + 1):
         active = (torch.arange(len(x0), device=x0.device) if st is None else (~st.fooled).nonzero().squeeze(1))
@@ -141,12 +177,13 @@ def _chunk(model, x0, k0, steps, overshoot, candidates, box, track):
                 logits, sel = model(xa), None
             else:
                 logits = logits[sel]
-        _step(st, active, xa, logits, sel, box, overshoot, track)
+        _step(st, active, model, xa, logits, sel, box, overshoot, track, band)
     return st.x_adv.detach(), st.fooled, st.used
 
 
 def deepfool_batched(model, x: torch.Tensor, labels: torch.Tensor | None = None, *,
-                     steps: int = 50, overshoot: float = 0.02, candidates: int = 10, track: int | None = 2,
+                     steps: int = 50, overshoot: float = 0.02, candidates: int = 10, track: int | None = 3,
+                     band: float | None = 2.0,
                      batch_size: int = 500, clamp: bool = True, box: str = "clip") -> DeepFoolResult:
     """L2 DeepFool on a whole batch.
 
@@ -167,6 +204,8 @@ def deepfool_batched(model, x: torch.Tensor, labels: torch.Tensor | None = None,
         raise ValueError(f"box must be 'mask' or 'clip', not {box!r}")
     if track is not None and track < 1:
         raise ValueError(f"track must be at least 1 (or None for every candidate), not {track!r}")
+    if band is not None and band < 1:
+        raise ValueError(f"band must be at least 1 (or None), not {band!r}")
     advs, fooled, used, ks = [], [], [], []
     with input_grad_only(model):
         for i in range(0, len(x), batch_size):
@@ -176,7 +215,7 @@ def deepfool_batched(model, x: torch.Tensor, labels: torch.Tensor | None = None,
                     kb = model(xb).argmax(1)
             else:
                 kb = labels[i:i + batch_size]
-            a, f, u = _chunk(model, xb, kb, steps, overshoot, candidates, box if clamp else "none", track)
+            a, f, u = _chunk(model, xb, kb, steps, overshoot, candidates, box if clamp else "none", track, band)
             advs.append(a)
             fooled.append(f)
             used.append(u)

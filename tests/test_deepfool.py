@@ -100,14 +100,17 @@ class BackwardRows(nn.Module):
 
 
 @pytest.mark.parametrize("box", ["clip", "mask"])
-def test_tracking_the_nearest_candidates_keeps_every_distance_and_cuts_backward_passes(trained, mnist_small, box):
+@pytest.mark.parametrize("track,band", [(2, None), (3, 2.0)])
+def test_tracking_the_nearest_candidates_keeps_every_distance_and_cuts_backward_passes(
+        trained, mnist_small, box, track, band):
     """`track=2` linearizes, after the first step, only the two candidates whose boundary looks
-    nearest; it must find the same perturbation as every candidate at every step (the
-    original), with far fewer backward passes (clip creeps for many steps after the first)."""
+    nearest (with `band`, the ones beyond the nearest only while they look close); it must
+    find the same perturbation as every candidate at every step (the original), with far
+    fewer backward passes (clip creeps for many steps after the first)."""
     x, y = mnist_small.x_test[:60], mnist_small.y_test[:60]
     full, fast = BackwardRows(trained), BackwardRows(trained)
     a = deepfool_batched(full, x, y, box=box, track=None)
-    b = deepfool_batched(fast, x, y, box=box, track=2)
+    b = deepfool_batched(fast, x, y, box=box, track=track, band=band)
     assert torch.equal(a.fooled, b.fooled) and torch.equal(a.steps, b.steps)
     da, db = (a.adv - x).flatten(1).norm(dim=1), (b.adv - x).flatten(1).norm(dim=1)
     assert torch.allclose(da, db, rtol=1e-4, atol=1e-6)
@@ -130,6 +133,20 @@ def test_a_fooled_image_costs_at_most_a_ninth_of_its_backward_passes(trained, mn
     assert 9 * (steps + stepped) > 9 * steps + steps      # the bound would fail the old way
 
 
+def test_the_band_linearizes_a_second_class_only_where_it_looks_close(trained, mnist_small):
+    """Under clip most creeping steps have one clear nearest class: the band (the default)
+    skips the second class's backward there, which track 2 alone always pays for."""
+    x, y = mnist_small.x_test[:60], mnist_small.y_test[:60]
+    two, banded = BackwardRows(trained), BackwardRows(trained)
+    a = deepfool_batched(two, x, y, box="clip", track=2, band=None)
+    b = deepfool_batched(banded, x, y, box="clip")
+    assert torch.equal(a.steps, b.steps)
+    assert torch.allclose((a.adv - x).flatten(1).norm(dim=1), (b.adv - x).flatten(1).norm(dim=1), rtol=1e-4)
+    assert banded.rows < 0.85 * two.rows
+
+
 def test_track_must_be_positive(trained, mnist_small):
     with pytest.raises(ValueError, match="track"):
         deepfool_batched(trained, mnist_small.x_test[:4], track=0)
+    with pytest.raises(ValueError, match="band"):
+        deepfool_batched(trained, mnist_small.x_test[:4], band=0.5)
