@@ -204,6 +204,7 @@ class _Entries:
     # evaluates `0.05 * train.batch_size / 128` for a handful of distinct batch sizes.
     expr_memo: dict[tuple, Any] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
+    base: dict[str, Any] = field(default_factory=dict)   # the flattened base config (error messages)
 
 
 def _entries(space: dict, file: str) -> _Entries:
@@ -284,8 +285,13 @@ def _expr_value(es: _Entries, k: str, env: dict, file: str) -> Any:
         key = None
     try:
         v = _plain(expr_mod.evaluate(es.exprs[k], env))
-    except StudyError as e:
-        raise e.located(file=file, prefix=f"space.{k}.expr") from None
+    except StudyError:
+        # The environment holds only the base values the expressions name: evaluated again
+        # over the whole base, so a mistake gets its did-you-mean from every config path.
+        try:
+            v = _plain(expr_mod.evaluate(es.exprs[k], {**es.base, **env}))
+        except StudyError as e:
+            raise e.located(file=file, prefix=f"space.{k}.expr") from None
     if key is not None and type(v) in _SCALARS:
         es.expr_memo[key] = v
     return v
@@ -329,7 +335,8 @@ def expand(study) -> list[Trial]:
     # Expressions read only the names they mention: each trial's environment starts from
     # those base values instead of a copy of the whole flattened base.
     needed = {n for names in es.expr_names.values() for n in names}
-    base_flat = {k: v for k, v in flatten(base).items() if k in needed}
+    es.base = flatten(base)
+    base_flat = {k: v for k, v in es.base.items() if k in needed}
     keys = [k for k, _ in es.grids]
     _check_size(math.prod(len(v) for _, v in es.grids), spec.tune.num_samples, file)
     combos = list(itertools.product(*[v for _, v in es.grids])) if es.grids else [()]
