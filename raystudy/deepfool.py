@@ -16,7 +16,7 @@ Backward passes (one per candidate class) decide its speed; two cuts:
   nearest class, so it cuts most of the backward passes. Measured (benchmarks/RESULTS.md)
   against all candidates, on 273 digits of a natural and 194 of an FGSM-trained StdCNN:
   the default (track 3, band 2) and track 2 without a band left every distance unchanged;
-  track 1 moved one digit of the FGSM-trained model by about 2%, a digit the band catches.
+  track 1 moved one digit of the FGSM-trained model by about 2%, which the default does not.
   `track=None` linearizes every candidate at every step (the original).
 """
 
