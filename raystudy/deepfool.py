@@ -53,7 +53,6 @@ def _gradients(model, logits: torch.Tensor, xa: torch.Tensor, cls: torch.Tensor,
     graph, wanted or not, and a forward about half of it."""
     m, cols = cls.shape[0], cls.shape[1] - 1
     out = torch.zeros(m, cols, xa[0].numel(), dtype=xa.dtype, device=xa.device)
-    l0 = logits.gather(1, cls[:, :1])
     rows_of = torch.arange(len(xa), device=xa.device) if sel is None else sel.nonzero().squeeze(1)
     for j in range(cols):
         want = None if need is None else need[:, j]
@@ -64,16 +63,20 @@ def _gradients(model, logits: torch.Tensor, xa: torch.Tensor, cls: torch.Tensor,
             idx = want.nonzero().squeeze(1)
             xs = xa.detach()[rows_of[idx]].requires_grad_(True)
             ls = model(xs)
-            c = cls[idx]
-            g, = torch.autograd.grad((ls.gather(1, c[:, j + 1:j + 2]) - ls.gather(1, c[:, :1])).sum(), xs)
+            g, = torch.autograd.grad(_gap(ls, cls[idx], j).sum(), xs)
             out[idx, j] = _flat(g)
             continue
-        diff = logits.gather(1, cls[:, j + 1:j + 2]) - l0
+        diff = _gap(logits, cls, j)
         if want is not None:
             diff = diff * want[:, None]
         g, = torch.autograd.grad(diff.sum(), xa, retain_graph=True)
         out[:, j] = _flat(g if sel is None else g[sel])
     return out
+
+
+def _gap(logits: torch.Tensor, cls: torch.Tensor, j: int) -> torch.Tensor:
+    """(m, 1): logit cls[:, j + 1] minus logit cls[:, 0], whose gradient column j linearizes."""
+    return logits.gather(1, cls[:, j + 1:j + 2]) - logits.gather(1, cls[:, :1])
 
 
 class _State:
@@ -129,11 +132,10 @@ def _step(st: _State, rows, model, xa, logits, sel, box: str, overshoot: float, 
     fp = (f[:, 1:] - f[:, :1]).abs()
     wn = w.norm(dim=2).clamp_min(1e-12)
     ratio = fp / wn
-    if need is None:
-        st.wn[rows[:, None], cols[:, 1:] - 1] = wn
-    else:
-        # Only what was linearized is measured; the rest keep their older norms.
-        st.wn[rows[:, None], cols[:, 1:] - 1] = torch.where(need, wn, st.wn[rows[:, None], cols[:, 1:] - 1])
+    at = (rows[:, None], cols[:, 1:] - 1)
+    # Only what was linearized is measured; the rest keep their older norms.
+    st.wn[at] = wn if need is None else torch.where(need, wn, st.wn[at])
+    if need is not None:
         ratio = ratio.masked_fill(~need, float("inf"))
     best = ratio.argmin(1)
     idx = torch.arange(best.shape[0], device=w.device)

@@ -212,12 +212,14 @@ class ResultStore:
             curves = [c for cs in self.curves.values() for c in cs]
             write_atomic(pd.DataFrame(curves, columns=None if curves else ["trial_id", "metric", "x"]),
                          self.out / CURVES)
-        epochs = [e for es in self.epochs.values() for e in es] if due(EPOCHS) else []
-        if epochs:
-            write_atomic(pd.DataFrame(epochs), self.out / EPOCHS)
-        outcomes = [o for os_ in self.outcomes.values() for o in os_]
-        if (outcomes or (self.out / OUTCOMES).exists()) and (tables is None or OUTCOMES in tables):
-            write_atomic(pd.DataFrame(outcomes, columns=OUTCOME_COLUMNS), self.out / OUTCOMES)
+        if due(EPOCHS):
+            epochs = [e for es in self.epochs.values() for e in es]
+            if epochs:
+                write_atomic(pd.DataFrame(epochs), self.out / EPOCHS)
+        if due(OUTCOMES):
+            outcomes = [o for os_ in self.outcomes.values() for o in os_]
+            if outcomes or (self.out / OUTCOMES).exists():
+                write_atomic(pd.DataFrame(outcomes, columns=OUTCOME_COLUMNS), self.out / OUTCOMES)
 
 
 def _replace(table: dict[str, list[dict]], tid: str, new: list[dict], name: str) -> set[str]:
